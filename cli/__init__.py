@@ -1,0 +1,1 @@
+"""The ``graphbatch`` console script."""

@@ -1,0 +1,25 @@
+"""Prefill scheduler emitting fixed-capacity batch descriptors."""
+
+from .block_manager import BlockAccountingError, BlockManager
+from .config import DUMMY_BLOCK, SchedulerConfig, default_token_buckets
+from .descriptor import BatchDescriptor, DescriptorError
+from .prefill import PrefillScheduler, SchedulerFull, SchedulerStats, UnknownRequest
+from .request import Request, SamplingParams
+from .sequence import SeqState
+
+__all__ = [
+    "DUMMY_BLOCK",
+    "BatchDescriptor",
+    "BlockAccountingError",
+    "BlockManager",
+    "DescriptorError",
+    "PrefillScheduler",
+    "Request",
+    "SamplingParams",
+    "SchedulerConfig",
+    "SchedulerFull",
+    "SchedulerStats",
+    "SeqState",
+    "UnknownRequest",
+    "default_token_buckets",
+]

@@ -1,0 +1,100 @@
+"""Scheduler configuration and the capture-bucket ladder."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+DUMMY_BLOCK = 0  # reserved KV block: padding tokens write here, never handed to a request
+
+
+def default_token_buckets(max_num_batched_tokens: int) -> tuple[int, ...]:
+    """Capture sizes like the peers' ladders: 1, 2, 4, 8, then widening steps.
+
+    Steps of 16 up to 256, 64 up to 1024, 256 beyond; the budget itself is always
+    the last bucket so every batch the scheduler can emit has a graph size.
+    """
+    ladder = [1, 2, 4, 8]
+    ladder += list(range(16, 257, 16))
+    ladder += list(range(320, 1025, 64))
+    ladder += list(range(1280, max_num_batched_tokens + 1, 256))
+    buckets = sorted({b for b in ladder if b < max_num_batched_tokens} | {max_num_batched_tokens})
+    return tuple(buckets)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"SchedulerConfig.{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"SchedulerConfig.{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Limits of one prefill instance.
+
+    Block 0 of the KV cache is the dummy block, so ``num_kv_blocks - 1`` blocks
+    are available to requests.
+    """
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size: int
+    num_kv_blocks: int
+    max_model_len: int
+    vocab_size: int
+    token_buckets: tuple[int, ...] | None = None
+    seed: int = 0  # seeds requests that bring none, reproducibly
+    _buckets: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "block_size",
+            "num_kv_blocks",
+            "max_model_len",
+            "vocab_size",
+        ):
+            _check_positive_int(name, getattr(self, name))
+        if self.num_kv_blocks < 2:
+            raise ValueError(
+                f"SchedulerConfig.num_kv_blocks must be >= 2 (block 0 is reserved), "
+                f"got {self.num_kv_blocks}"
+            )
+        object.__setattr__(self, "_buckets", self._resolve_buckets())
+
+    def _resolve_buckets(self) -> tuple[int, ...]:
+        if self.token_buckets is None:
+            return default_token_buckets(self.max_num_batched_tokens)
+        buckets = tuple(self.token_buckets)
+        for b in buckets:
+            if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
+                raise ValueError(f"SchedulerConfig.token_buckets holds {b!r}; need ints > 0")
+            if b > self.max_num_batched_tokens:
+                raise ValueError(
+                    f"SchedulerConfig.token_buckets holds {b} > max_num_batched_tokens "
+                    f"({self.max_num_batched_tokens})"
+                )
+        return tuple(sorted(set(buckets) | {self.max_num_batched_tokens}))
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """Resolved, sorted token buckets; the last equals max_num_batched_tokens."""
+        return self._buckets
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        return -(-self.max_model_len // self.block_size)
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_kv_blocks * self.block_size
+
+    def bucket_for(self, num_tokens: int) -> int:
+        """Smallest capture bucket that holds ``num_tokens``."""
+        if num_tokens <= 0 or num_tokens > self.max_num_batched_tokens:
+            raise ValueError(
+                f"num_tokens={num_tokens} outside [1, {self.max_num_batched_tokens}]"
+            )
+        return self._buckets[bisect.bisect_left(self._buckets, num_tokens)]

@@ -1,0 +1,36 @@
+"""Scheduler-side state of one admitted request."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from .request import SamplingParams
+
+
+class SeqState(enum.Enum):
+    PREFILLING = "prefilling"  # prompt tokens left to compute (or in flight)
+    TRANSFERRING = "transferring"  # prefill done; waits for its KV cache to be sent
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    prompt: np.ndarray  # [prompt_len] int64
+    sampling: SamplingParams
+    seed: int
+    block_ids: np.ndarray  # [num_blocks] int32, KV blocks reserved for the whole prompt
+    arrival: int
+    num_scheduled: int = 0  # prompt tokens handed to a batch so far
+    first_token: int | None = None
+    state: SeqState = SeqState.PREFILLING
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.prompt.shape[0])
+
+    @property
+    def remaining(self) -> int:
+        return self.prompt_len - self.num_scheduled

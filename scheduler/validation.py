@@ -1,0 +1,114 @@
+"""Range checks for BatchDescriptor: every index of every array."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .descriptor import FIELD_DTYPES, DescriptorError
+
+if TYPE_CHECKING:
+    from .descriptor import BatchDescriptor
+
+
+def _index_bounds(d: BatchDescriptor) -> dict[str, tuple[int, int]]:
+    """Half-open [lo, hi) each index field must stay in."""
+    return {
+        "input_ids": (0, d.vocab_size),
+        "positions": (0, d.max_model_len),
+        "slot_mapping": (0, d.num_kv_blocks * d.block_size),
+        "block_tables": (0, d.num_kv_blocks),
+        "logits_indices": (0, d.token_capacity),
+        "seq_lens": (0, d.max_model_len + 1),
+        "context_lens": (0, d.max_model_len),
+        "query_start_loc": (0, d.num_tokens + 1),
+    }
+
+
+def out_of_range_rows(d: BatchDescriptor, field: str) -> list[int]:
+    lo, hi = _index_bounds(d)[field]
+    arr = np.asarray(getattr(d, field))
+    bad = (arr < lo) | (arr >= hi)
+    if arr.ndim > 1:
+        bad = bad.any(axis=tuple(range(1, arr.ndim)))
+    return [int(i) for i in np.flatnonzero(bad)]
+
+
+def _owner(d: BatchDescriptor, field: str, row: int) -> str:
+    if field in ("input_ids", "positions", "slot_mapping"):
+        rid = d.request_of_token(row)
+    else:
+        rid = d.request_of_seq(row) if row < d.seq_capacity else None
+    return f"request {rid!r}" if rid is not None else "a padding row"
+
+
+def _check_shapes(d: BatchDescriptor) -> None:
+    t, s = d.token_capacity, d.seq_capacity
+    expect = {"query_start_loc": (s + 1,), "block_tables": (s, d.block_tables.shape[1])}
+    for name, dtype in FIELD_DTYPES.items():
+        arr = getattr(d, name)
+        if not isinstance(arr, np.ndarray) or arr.dtype != dtype:
+            raise DescriptorError(name, 0, f"must be a numpy {dtype} array")
+        shape = expect.get(name, (t,) if name in ("input_ids", "positions", "slot_mapping") else (s,))
+        if arr.shape != shape:
+            raise DescriptorError(name, 0, f"shape {arr.shape} != expected {shape}")
+    if not 0 < d.num_tokens <= t:
+        raise DescriptorError("num_tokens", 0, f"{d.num_tokens} outside [1, {t}]")
+    if not 0 < d.num_seqs <= s or len(d.request_ids) != d.num_seqs:
+        raise DescriptorError("num_seqs", 0, f"{d.num_seqs} seqs, {len(d.request_ids)} ids")
+
+
+def _check_ranges(d: BatchDescriptor) -> None:
+    for field, (lo, hi) in _index_bounds(d).items():
+        rows = out_of_range_rows(d, field)
+        if rows:
+            r = rows[0]
+            raise DescriptorError(
+                field, r, f"{getattr(d, field)[r]} outside [{lo}, {hi}) ({_owner(d, field, r)})"
+            )
+
+
+def _check_layout(d: BatchDescriptor) -> None:
+    n, qsl = d.num_seqs, d.query_start_loc
+    if qsl[0] != 0 or qsl[n] != d.num_tokens:
+        raise DescriptorError("query_start_loc", n, "must start at 0 and reach num_tokens")
+    lens = np.diff(qsl[: n + 1])
+    bad = np.flatnonzero(lens <= 0)
+    if bad.size:
+        raise DescriptorError("query_start_loc", int(bad[0]), "empty or decreasing chunk")
+    if np.any(qsl[n:] != d.num_tokens):
+        raise DescriptorError("query_start_loc", n, "padding entries must equal num_tokens")
+    q = d.seq_lens[:n] - d.context_lens[:n]
+    bad = np.flatnonzero(q != lens)
+    if bad.size:
+        r = int(bad[0])
+        raise DescriptorError("seq_lens", r, f"seq_len - context_len != chunk ({_owner(d, 'seq_lens', r)})")
+    bad = np.flatnonzero(d.logits_indices[:n] != qsl[1 : n + 1] - 1)
+    if bad.size:
+        raise DescriptorError("logits_indices", int(bad[0]), "must point at the chunk's last token")
+    if np.any(d.seq_lens[n:] != 0) or np.any(d.sample_mask[n:]):
+        raise DescriptorError("seq_lens", n, "padding rows must have seq_len 0 and no sample")
+
+
+def _check_sampling(d: BatchDescriptor) -> None:
+    checks = {
+        "temperature": ~np.isfinite(d.temperature) | (d.temperature < 0),
+        "top_p": ~np.isfinite(d.top_p) | (d.top_p <= 0) | (d.top_p > 1),
+        "top_k": d.top_k < 0,
+        "seeds": d.seeds < 0,
+    }
+    for field, bad in checks.items():
+        rows = np.flatnonzero(bad)
+        if rows.size:
+            r = int(rows[0])
+            raise DescriptorError(
+                field, r, f"invalid value {getattr(d, field)[r]} ({_owner(d, field, r)})"
+            )
+
+
+def validate_descriptor(d: BatchDescriptor) -> None:
+    _check_shapes(d)
+    _check_ranges(d)
+    _check_layout(d)
+    _check_sampling(d)

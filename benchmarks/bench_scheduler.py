@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from graphbatch.scheduler import PrefillScheduler, Request, SchedulerConfig
 
 CFG = SchedulerConfig(

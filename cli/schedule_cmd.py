@@ -42,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
             d.validate()
             steps, tokens, padded = steps + 1, tokens + d.num_tokens, padded + d.token_capacity
             buckets[d.token_capacity] += 1
-            print(f"step {steps:3d}: {d.num_seqs:2d} seqs, {d.num_tokens:4d} tokens -> "
-                  f"bucket {d.token_capacity:4d}, finishing {int(d.sample_mask.sum())}")
+            print(
+                f"step {steps:3d}: {d.num_seqs:2d} seqs, {d.num_tokens:4d} tokens -> "
+                f"bucket {d.token_capacity:4d}, finishing {int(d.sample_mask.sum())}"
+            )
             sched.update(d, [0] * d.num_seqs)
         for turns in pending:  # simulated KV transfer: release right away
             if turns and turns[0].request.request_id in sched.request_ids():
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
                     sched.release(rid)
                     turns.pop(0)
     waste = 100.0 * (padded - tokens) / max(padded, 1)
-    print(f"{steps} steps, {tokens} prompt tokens, padding waste {waste:.1f}%, "
-          f"buckets used: {dict(sorted(buckets.items()))}")
+    print(
+        f"{steps} steps, {tokens} prompt tokens, padding waste {waste:.1f}%, "
+        f"buckets used: {dict(sorted(buckets.items()))}"
+    )
     return 0

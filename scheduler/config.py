@@ -94,7 +94,5 @@ class SchedulerConfig:
     def bucket_for(self, num_tokens: int) -> int:
         """Smallest capture bucket that holds ``num_tokens``."""
         if num_tokens <= 0 or num_tokens > self.max_num_batched_tokens:
-            raise ValueError(
-                f"num_tokens={num_tokens} outside [1, {self.max_num_batched_tokens}]"
-            )
+            raise ValueError(f"num_tokens={num_tokens} outside [1, {self.max_num_batched_tokens}]")
         return self._buckets[bisect.bisect_left(self._buckets, num_tokens)]

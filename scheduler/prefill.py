@@ -16,7 +16,7 @@ from .builder import build_descriptor
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor
 from .request import MAX_SEED, Request, SamplingParams
-from .sequence import Sequence, SeqState
+from .sequence import SeqState, Sequence
 
 
 class SchedulerFull(RuntimeError):

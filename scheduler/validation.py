@@ -50,7 +50,9 @@ def _check_shapes(d: BatchDescriptor) -> None:
         arr = getattr(d, name)
         if not isinstance(arr, np.ndarray) or arr.dtype != dtype:
             raise DescriptorError(name, 0, f"must be a numpy {dtype} array")
-        shape = expect.get(name, (t,) if name in ("input_ids", "positions", "slot_mapping") else (s,))
+        shape = expect.get(
+            name, (t,) if name in ("input_ids", "positions", "slot_mapping") else (s,)
+        )
         if arr.shape != shape:
             raise DescriptorError(name, 0, f"shape {arr.shape} != expected {shape}")
     if not 0 < d.num_tokens <= t:
@@ -83,7 +85,9 @@ def _check_layout(d: BatchDescriptor) -> None:
     bad = np.flatnonzero(q != lens)
     if bad.size:
         r = int(bad[0])
-        raise DescriptorError("seq_lens", r, f"seq_len - context_len != chunk ({_owner(d, 'seq_lens', r)})")
+        raise DescriptorError(
+            "seq_lens", r, f"seq_len - context_len != chunk ({_owner(d, 'seq_lens', r)})"
+        )
     bad = np.flatnonzero(d.logits_indices[:n] != qsl[1 : n + 1] - 1)
     if bad.size:
         raise DescriptorError("logits_indices", int(bad[0]), "must point at the chunk's last token")

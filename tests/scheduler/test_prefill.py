@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from graphbatch.scheduler import (
     DUMMY_BLOCK,
     PrefillScheduler,
@@ -35,11 +34,18 @@ def test_custom_buckets_get_the_budget_appended():
 
 
 @pytest.mark.parametrize(
-    "field,value", [("max_num_seqs", 0), ("block_size", -1), ("vocab_size", 1.5), ("num_kv_blocks", 1)]
+    "field,value",
+    [("max_num_seqs", 0), ("block_size", -1), ("vocab_size", 1.5), ("num_kv_blocks", 1)],
 )
 def test_config_rejects_bad_fields(field, value):
-    kw = dict(max_num_seqs=4, max_num_batched_tokens=32, block_size=4, num_kv_blocks=64,
-              max_model_len=64, vocab_size=100)
+    kw = dict(
+        max_num_seqs=4,
+        max_num_batched_tokens=32,
+        block_size=4,
+        num_kv_blocks=64,
+        max_model_len=64,
+        vocab_size=100,
+    )
     kw[field] = value
     with pytest.raises(ValueError, match=field):
         SchedulerConfig(**kw)
@@ -65,8 +71,13 @@ def test_sampling_params_validate(kw, field):
 
 @pytest.mark.parametrize(
     "prompt,match",
-    [([], "non-empty"), ([1, 100], r"prompt_token_ids\[1\] = 100"), ([-1], r"\[0\] = -1"),
-     (list(range(65)), "max_model_len"), ([1.5, 2.0], "ints")],
+    [
+        ([], "non-empty"),
+        ([1, 100], r"prompt_token_ids\[1\] = 100"),
+        ([-1], r"\[0\] = -1"),
+        (list(range(65)), "max_model_len"),
+        ([1.5, 2.0], "ints"),
+    ],
 )
 def test_add_request_rejects_bad_prompts_naming_the_request(config, prompt, match):
     s = PrefillScheduler(config)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from graphbatch.scheduler import (
     PrefillScheduler,
     Request,
@@ -14,6 +11,8 @@ from graphbatch.scheduler import (
     SchedulerFull,
     SeqState,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 configs = st.builds(
     SchedulerConfig,

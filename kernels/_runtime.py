@@ -1,0 +1,116 @@
+"""Where and how kernels run: interpreter choice, framework bridging, launch streams.
+
+Imported before ``triton`` by every kernel module: the Triton interpreter must be
+chosen before any ``@triton.jit`` function is defined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any
+
+INT32_MAX = 2**31 - 1
+
+
+def _gpu_present() -> bool:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    paddle = sys.modules.get("paddle")  # asked only if already loaded: importing it is slow
+    if paddle is None:
+        return False
+    return bool(paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count())
+
+
+if "TRITON_INTERPRET" not in os.environ and not _gpu_present():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402  (the Triton interpreter and GPU driver both work on torch tensors)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def is_paddle(x: Any) -> bool:
+    return type(x).__module__.startswith("paddle")
+
+
+def to_torch(x: Any, name: str) -> torch.Tensor:
+    """Zero-copy torch view of a torch or paddle tensor (DLPack for paddle)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if is_paddle(x):
+        return torch.from_dlpack(x)
+    raise TypeError(f"{name} must be a torch or paddle tensor, got {type(x).__name__}")
+
+
+def launch_stream(x: Any):
+    """Context under which a kernel launches on the framework's current stream.
+
+    Triton launches on torch's current stream; for paddle GPU tensors that must be
+    paddle's stream (the one a paddle CUDA graph captures), so wrap it.
+    """
+    if not is_paddle(x) or interpreting() or not x.place.is_gpu_place():
+        return contextlib.nullcontext()
+    import paddle
+
+    handle = paddle.device.current_stream().cuda_stream
+    return torch.cuda.stream(torch.cuda.ExternalStream(handle))
+
+
+def quiet_interpreter():
+    """The interpreter runs masked lanes too (e.g. -inf - -inf): keep numpy quiet there."""
+    if not interpreting():
+        return contextlib.nullcontext()
+    import numpy as np
+
+    return np.errstate(invalid="ignore", over="ignore", divide="ignore")
+
+
+def same_device(name_tensors: dict[str, torch.Tensor]) -> torch.device:
+    devices = {n: t.device for n, t in name_tensors.items()}
+    first_name, first = next(iter(devices.items()))
+    for n, d in devices.items():
+        if d != first:
+            raise ValueError(f"{n} is on {d} but {first_name} is on {first}")
+    return first
+
+
+def capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def new_error_counter(device: Any = "cpu") -> torch.Tensor:
+    """int32 [2] = (bad rows seen, first bad row); reset with ``reset_error_counter``."""
+    return torch.tensor([0, INT32_MAX], dtype=torch.int32, device=device)
+
+
+def reset_error_counter(counter: Any) -> None:
+    c = to_torch(counter, "error_counter")
+    c[0] = 0
+    c[1] = INT32_MAX
+
+
+def check_error_counter(counter: Any | None, device: torch.device) -> torch.Tensor | None:
+    if counter is None:
+        return None
+    c = to_torch(counter, "error_counter")
+    if c.dtype != torch.int32 or c.dim() != 1 or c.numel() < 2 or not c.is_contiguous():
+        raise ValueError(
+            f"error_counter must be a contiguous int32 tensor of >= 2 elements, "
+            f"got {c.dtype} shape {tuple(c.shape)}"
+        )
+    if c.device != device:
+        raise ValueError(f"error_counter is on {c.device}, kernel tensors on {device}")
+    return c
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())

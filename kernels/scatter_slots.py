@@ -1,0 +1,87 @@
+"""Bounds-checked row scatter: table[indices[t]] = values[t].
+
+Index -1 is padding (skipped, no error). Any other index outside [0, N) is skipped
+and counted in ``error_counter``: nothing outside the table is ever written.
+Duplicate valid indices: one of the writers wins (unspecified which).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from . import _runtime as rt  # noqa: I001
+from ._slots import as_rows, block_d, check_indices, rows_per_program
+
+
+@triton.jit
+def _scatter_slots_kernel(
+    table_ptr,  # [N, D]
+    idx_ptr,  # [T] int32/int64
+    values_ptr,  # [T, D]
+    err_ptr,  # [2] int32: (bad rows, first bad row)
+    N,
+    T,
+    D,
+    HAS_ERR: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    in_grid = rows < T
+    idx = tl.load(idx_ptr + rows, mask=in_grid, other=-1).to(tl.int64)
+    ok = in_grid & (idx >= 0) & (idx < N)
+    safe = tl.where(ok, idx, 0)
+    cmask = cols[None, :] < D
+    vals = tl.load(
+        values_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :],
+        mask=ok[:, None] & cmask,
+        other=0,
+    )
+    tl.store(table_ptr + safe[:, None] * D + cols[None, :], vals, mask=ok[:, None] & cmask)
+    if HAS_ERR:
+        bad = in_grid & ~ok & (idx != -1) & (tl.program_id(1) == 0)
+        nb = tl.sum(bad.to(tl.int32), 0)
+        tl.atomic_add(err_ptr, nb, mask=nb > 0)
+        tl.atomic_min(err_ptr + 1, tl.min(tl.where(bad, rows, 2147483647), 0), mask=nb > 0)
+
+
+def scatter_slots(table: Any, indices: Any, values: Any, error_counter: Any = None) -> None:
+    """Write ``values`` [T, ...] into rows ``indices`` [T] of ``table`` [N, ...] in place.
+
+    -1 indices are skipped; other out-of-range ones are skipped and counted in
+    ``error_counter`` (int32 [2]: count, first bad row). Graph-capturable.
+    """
+    tab = as_rows(table)
+    idx = check_indices(indices)
+    vals_full = rt.to_torch(values, "values")
+    T, (N, D) = idx.shape[0], tab.shape
+    expect = (T, *rt.to_torch(table, "table").shape[1:])
+    if tuple(vals_full.shape) != expect:
+        raise ValueError(f"values must have shape {expect}, got {tuple(vals_full.shape)}")
+    if vals_full.dtype != tab.dtype:
+        raise ValueError(f"values dtype {vals_full.dtype} != table dtype {tab.dtype}")
+    if not vals_full.is_contiguous():
+        raise ValueError("values must be contiguous")
+    device = rt.same_device({"table": tab, "indices": idx, "values": vals_full})
+    err = rt.check_error_counter(error_counter, device)
+    if T == 0 or D == 0:
+        return
+    rows, bd = rows_per_program(T, D), block_d(D)
+    grid = (triton.cdiv(T, rows), triton.cdiv(D, bd))
+    with rt.launch_stream(table):
+        _scatter_slots_kernel[grid](
+            tab,
+            idx,
+            vals_full.view(T, -1),
+            err if err is not None else idx,
+            N,
+            T,
+            D,
+            HAS_ERR=err is not None,
+            ROWS=rows,
+            BLOCK_D=bd,
+        )

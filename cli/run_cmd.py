@@ -1,0 +1,201 @@
+"""``graphbatch run`` / ``graphbatch profile``: an end-to-end prefill-instance run."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import sys
+from typing import Any
+
+from graphbatch.executor import BackendUnavailable, GraphExecutor, get_backend
+from graphbatch.executor.models import TinyDecoder, preset
+from graphbatch.executor.serving import RunStats, ServingLoop, percentile
+from graphbatch.profiling import MemoryTracker, cuda_profiler_window
+from graphbatch.scheduler import PrefillScheduler, SchedulerConfig
+from graphbatch.scheduler.workload import ChatWorkload, chat_sessions
+
+# Per model preset: token budget, max_num_seqs, max_model_len.
+SIZES = {"tiny": (256, 16, 1024), "small": (2048, 64, 4096), "large": (8192, 64, 4096)}
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["paddle", "torch"], default="paddle")
+    p.add_argument("--device", default=None, help="cpu, cuda:0 / gpu:0 (default: GPU if any)")
+    p.add_argument("--no-cuda-graph", action="store_true", help="run every step eager")
+    p.add_argument("--model", choices=sorted(SIZES), default="tiny", help="model size preset")
+    p.add_argument("--requests", type=int, default=24)
+    p.add_argument("--rounds", type=int, default=3, help="chat rounds per session")
+    p.add_argument("--concurrency", type=int, default=8, help="sessions in flight")
+    p.add_argument("--budget", type=int, default=None, help="max_num_batched_tokens")
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--report", metavar="DIR", default=None, help="write summary.json and PNG plots into DIR"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="end-to-end prefill serving run on the embedded workload")
+    _add_options(p)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="open a cudaProfilerStart/Stop window over the steady state",
+    )
+    p.set_defaults(func=run)
+    p = sub.add_parser("profile", help="'run --profile': for nsys --capture-range=cudaProfilerApi")
+    _add_options(p)
+    p.set_defaults(func=run, profile=True)
+
+
+def _configs(args: argparse.Namespace):
+    budget, seqs, max_len = SIZES[args.model]
+    model_cfg = preset(args.model, seed=args.seed)
+    bs = 16
+    sched_cfg = SchedulerConfig(
+        max_num_seqs=args.max_num_seqs or seqs,
+        max_num_batched_tokens=args.budget or budget,
+        block_size=bs,
+        num_kv_blocks=args.concurrency * math.ceil(max_len / bs) + 1,
+        max_model_len=max_len,
+        vocab_size=model_cfg.vocab_size,
+        seed=args.seed,
+    )
+    scale = max_len // 1024
+    workload = ChatWorkload(
+        num_sessions=math.ceil(args.requests / args.rounds),
+        rounds=args.rounds,
+        system_len=48 * scale,
+        user_len=(16 * scale, 96 * scale),
+        reply_len=(8 * scale, 48 * scale),
+        vocab_size=model_cfg.vocab_size,
+        max_prompt_len=max_len,
+        seed=args.seed,
+    )
+    return model_cfg, sched_cfg, workload
+
+
+class Progress:
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet = total, quiet
+        self.tty = sys.stderr.isatty()
+        self._last = -1
+
+    def __call__(self, s: RunStats) -> None:
+        if self.quiet:
+            return
+        done = s.requests + len(s.failed)
+        if self.tty:
+            bar = "#" * (30 * done // self.total)
+            sys.stderr.write(f"\r[{bar:<30}] {done}/{self.total} requests, step {s.steps}")
+            sys.stderr.flush()
+        elif done * 10 // self.total != self._last:
+            self._last = done * 10 // self.total
+            print(f"  {done}/{self.total} requests, {s.steps} steps", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            sys.stderr.write("\n")
+
+
+def summarize(stats: RunStats, ex: GraphExecutor, args, peak: str, total: int) -> dict[str, Any]:
+    ms = [t * 1e3 for t in stats.ttft_s]
+    return {
+        "backend": ex.backend.name,
+        "device": ex.backend.device,
+        "model": args.model,
+        "cuda_graphs": ex.use_cuda_graph,
+        "requests": stats.requests,
+        "requests_failed": len(stats.failed),
+        "requests_planned": total,
+        "prompt_tokens": stats.prompt_tokens,
+        "steps": stats.steps,
+        "time_s": round(stats.wall_s, 3),
+        "tokens_per_s": round(stats.prompt_tokens / stats.wall_s, 1) if stats.wall_s else 0.0,
+        "ttft_ms_mean": round(sum(ms) / len(ms), 2) if ms else None,
+        "ttft_ms_p50": round(percentile(ms, 50), 2) if ms else None,
+        "ttft_ms_p90": round(percentile(ms, 90), 2) if ms else None,
+        "padding_waste_pct": round(100 * stats.padding_waste, 2),
+        "graph_replays": {str(k): v for k, v in sorted(ex.replays.items())},
+        "eager_runs": {str(k): v for k, v in sorted(ex.eager_runs.items())},
+        "graph_memory_bytes": {str(k): v for k, v in sorted(ex.graph_memory.items())},
+        "peak_gpu_memory": peak,
+    }
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    rows = [
+        ("backend / device", f"{summary['backend']} / {summary['device']}"),
+        ("requests", f"{summary['requests']} done, {summary['requests_failed']} failed"),
+        ("prompt tokens", summary["prompt_tokens"]),
+        ("steps", summary["steps"]),
+        ("time", f"{summary['time_s']:.2f} s"),
+        ("tokens/s", summary["tokens_per_s"]),
+        (
+            "TTFT mean / P50 / P90",
+            f"{summary['ttft_ms_mean']} / {summary['ttft_ms_p50']} / {summary['ttft_ms_p90']} ms",
+        ),
+        ("padding waste", f"{summary['padding_waste_pct']} %"),
+        ("graph replays per bucket", summary["graph_replays"] or "none (eager)"),
+        ("eager runs per bucket", summary["eager_runs"] or "none"),
+        ("GPU memory", summary["peak_gpu_memory"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    model_cfg, sched_cfg, workload = _configs(args)
+    try:
+        backend = get_backend(args.backend, args.device)
+    except BackendUnavailable as e:
+        print(f"graphbatch run: backend {args.backend!r} unavailable: {e}", file=sys.stderr)
+        return 2
+    tracker, reason = MemoryTracker.create(_cuda_index(backend))
+    if tracker is not None and not backend.is_cuda:
+        tracker, reason = None, f"the {backend.name} backend runs on the CPU"
+    sessions = chat_sessions(workload)
+    total = sum(len(s) for s in sessions)
+    with contextlib.ExitStack() as stack:
+        timeline = stack.enter_context(tracker.track(0.02)) if tracker else None
+        ex = GraphExecutor(
+            TinyDecoder(model_cfg),
+            sched_cfg,
+            backend=backend,
+            use_cuda_graph=not args.no_cuda_graph,
+            memory_tracker=tracker,
+        )
+        ex.capture(memory_fraction=0.5 if tracker else None)
+        if getattr(args, "profile", False):
+            opened = stack.enter_context(cuda_profiler_window())
+            if not opened:
+                print("profile: no CUDA runtime, no profiler window", file=sys.stderr)
+        progress = Progress(total, args.quiet)
+        stats = ServingLoop(
+            PrefillScheduler(sched_cfg), ex, sessions, args.concurrency, on_step=progress
+        ).run()
+        progress.close()
+    if timeline is not None:
+        peak = (
+            f"peak {timeline.peak_process / 2**30:.2f} GiB this process, "
+            f"{timeline.peak_used / 2**30:.2f} GiB device"
+        )
+    else:
+        peak = f"unavailable ({reason})"
+    summary = summarize(stats, ex, args, peak, total)
+    print_table(summary)
+    if args.report:
+        from graphbatch.profiling.report import write_report
+
+        paths = write_report(args.report, summary, stats.ttft_s, timeline, reason)
+        print("report: " + ", ".join(str(p) for p in paths))
+    return 0 if not stats.failed else 1
+
+
+def _cuda_index(backend) -> int:
+    dev = backend.device
+    return int(dev.split(":")[1]) if ":" in dev else 0

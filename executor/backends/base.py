@@ -1,0 +1,82 @@
+"""The small interface the executor uses to talk to a framework."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """The framework (or the requested device) is not usable here."""
+
+
+class Graph(ABC):
+    @abstractmethod
+    def replay(self) -> None: ...
+
+
+class Backend(ABC):
+    """Allocation, host<->device copies, sync, CUDA graphs and the few math ops the
+    reference model needs. Tensors are the framework's own."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def device(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def is_cuda(self) -> bool: ...
+
+    # memory ------------------------------------------------------------------
+    @abstractmethod
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any: ...
+
+    @abstractmethod
+    def from_numpy(self, array: np.ndarray) -> Any:
+        """New device tensor holding a copy of ``array``."""
+
+    @abstractmethod
+    def staging(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, np.ndarray]:
+        """Host buffer (pinned on CUDA) and a NumPy view sharing its memory."""
+
+    @abstractmethod
+    def copy_to_device(self, dst: Any, host: Any) -> None:
+        """Copy a staging buffer into ``dst`` in place (same address afterwards)."""
+
+    @abstractmethod
+    def to_numpy(self, t: Any) -> np.ndarray: ...
+
+    @abstractmethod
+    def fill(self, t: Any, value: float) -> None: ...
+
+    @abstractmethod
+    def synchronize(self) -> None: ...
+
+    # graphs --------------------------------------------------------------------
+    @abstractmethod
+    def graph_pool(self) -> Any: ...
+
+    @abstractmethod
+    def capture(self, fn: Callable[[], Any], pool: Any) -> Graph: ...
+
+    def allocated_bytes(self) -> int | None:
+        """Framework allocator's bytes in use on the device (None when unknown)."""
+        return None
+
+    # model math ------------------------------------------------------------------
+    @abstractmethod
+    def rsqrt(self, x: Any) -> Any: ...
+
+    @abstractmethod
+    def silu(self, x: Any) -> Any: ...
+
+    @abstractmethod
+    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any: ...
+
+    @abstractmethod
+    def cast(self, x: Any, dtype: str) -> Any: ...

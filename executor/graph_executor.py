@@ -1,0 +1,187 @@
+"""GraphExecutor: descriptors in, first tokens out, one CUDA graph per token bucket."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from graphbatch.kernels import top_p_sample
+from graphbatch.profiling import MemoryTracker, nvtx_range
+from graphbatch.scheduler import BatchDescriptor, SchedulerConfig
+
+from .backends import Backend, Graph, get_backend
+from .diagnose import bounds_problems, nonfinite_rows
+from .errors import BoundsError
+from .static_buffers import StaticBuffers
+from .step import StepOutput
+
+log = logging.getLogger("graphbatch.executor")
+WARMUP_RUNS = 2
+
+
+class GraphExecutor:
+    """Runs ``model`` over batch descriptors, replaying captured graphs when it can.
+
+    ``model`` has ``forward(inputs) -> logits [S, V]`` reading only the executor's
+    static buffers, and optionally ``bind(backend, scheduler_config)`` to allocate
+    its weights on the executor's backend.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        scheduler_config: SchedulerConfig,
+        backend: str | Backend = "paddle",
+        device: str | None = None,
+        use_cuda_graph: bool = True,
+        memory_tracker: MemoryTracker | None = None,
+    ) -> None:
+        self.config = scheduler_config
+        self.tracker = memory_tracker
+        self.backend = get_backend(backend, device) if isinstance(backend, str) else backend
+        self.model = model
+        if hasattr(model, "bind"):
+            model.bind(self.backend, scheduler_config)
+        self.buffers = StaticBuffers(self.backend, scheduler_config)
+        S = scheduler_config.max_num_seqs
+        self.tokens = self.backend.empty((S,), "int64")  # sampler output, static
+        self.use_cuda_graph = use_cuda_graph and self.backend.is_cuda
+        if use_cuda_graph and not self.backend.is_cuda:
+            log.info("CUDA graphs need a GPU: %s runs eager", self.backend.device)
+        self.graphs: dict[int, Graph] = {}
+        self.graph_memory: dict[int, int] = {}  # bucket -> bytes its capture took
+        self.skipped_buckets: list[int] = []
+        self._logits: dict[int, Any] = {}
+        self._pool = None
+        self.replays: Counter[int] = Counter()
+        self.eager_runs: Counter[int] = Counter()
+
+    # ---- one step, the code every path shares --------------------------------
+    def _forward_and_sample(self, bucket: int) -> None:
+        b = self.buffers
+        logits = self.model.forward(b.view(bucket))
+        self._logits[bucket] = logits  # kept for diagnosis (graph memory stays valid)
+        top_p_sample(
+            logits,
+            b.temperature,
+            b.top_p,
+            b.top_k,
+            b.seeds,
+            b.offsets,
+            b.num_valid,
+            out=self.tokens,
+            error_counter=b.errors["sampler"],
+            check_values=False,
+        )
+
+    # ---- capture --------------------------------------------------------------
+    def capture(
+        self,
+        buckets: list[int] | None = None,
+        memory_budget: int | None = None,
+        memory_fraction: float | None = None,
+    ) -> None:
+        """Warm up and capture graphs, largest bucket first, into one pool.
+
+        Capture stops once the graphs took ``memory_budget`` bytes, or
+        ``memory_fraction`` of the free GPU memory at the start (needs the memory
+        tracker); the remaining buckets run eager (logged).
+        """
+        if not self.use_cuda_graph:
+            return
+        todo = sorted(buckets if buckets is not None else self.config.buckets, reverse=True)
+        if memory_fraction is not None:
+            if not 0 < memory_fraction <= 1:
+                raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
+            if self.tracker is not None:
+                budget = int(memory_fraction * self.tracker.snapshot().free)
+                memory_budget = budget if memory_budget is None else min(budget, memory_budget)
+        if self._pool is None:
+            self._pool = self.backend.graph_pool()
+        used = 0
+        if self.tracker is not None:
+            self.tracker.mark("capture")
+        for bucket in todo:
+            if memory_budget is not None and used >= memory_budget:
+                self.skipped_buckets.append(bucket)
+                log.info("bucket %d: capture memory budget spent (%d B), runs eager", bucket, used)
+                continue
+            used += self._capture_one(bucket)
+        self.buffers.load_padding()
+        if self.tracker is not None:
+            self.tracker.mark("serve")
+
+    def _capture_one(self, bucket: int) -> int:
+        self.buffers.load_padding()
+        for _ in range(WARMUP_RUNS):
+            self._forward_and_sample(bucket)
+        self.backend.synchronize()
+        before = self.backend.allocated_bytes() or 0
+        nvml_before = self.tracker.snapshot() if self.tracker is not None else None
+        with nvtx_range(f"capture:{bucket}"):
+            self.graphs[bucket] = self.backend.capture(
+                lambda: self._forward_and_sample(bucket), self._pool
+            )
+        self.backend.synchronize()
+        taken = max(0, (self.backend.allocated_bytes() or 0) - before)
+        if nvml_before is not None:
+            delta = self.tracker.snapshot() - nvml_before
+            taken = max(taken, delta.process_used, delta.used)
+        self.graph_memory[bucket] = taken
+        return taken
+
+    # ---- execute ---------------------------------------------------------------
+    def execute(self, descriptor: BatchDescriptor) -> StepOutput:
+        """Run one step; raises BoundsError (with ``.output``) on a bad index."""
+        d = descriptor
+        t0 = time.perf_counter()
+        with nvtx_range("prepare", color="green"):
+            self.buffers.load(d)
+        t1 = time.perf_counter()
+        bucket = d.token_capacity
+        graph = self.graphs.get(bucket)
+        if graph is not None:
+            with nvtx_range(f"replay:{bucket}", color="red"):
+                graph.replay()
+            self.replays[bucket] += 1
+        else:
+            with nvtx_range(f"eager:{bucket}", color="orange"):
+                self._forward_and_sample(bucket)
+            self.eager_runs[bucket] += 1
+        with nvtx_range("sample:readback", color="purple"):
+            sampled = self.backend.to_numpy(self.tokens).astype(np.int64)
+            errors = self.buffers.read_errors()
+        t2 = time.perf_counter()
+        return self._finish(d, sampled, errors, graph is not None, t1 - t0, t2 - t1)
+
+    def _finish(self, d, sampled, errors, replayed, prep, dev) -> StepOutput:
+        sampled[d.num_seqs :] = -1
+        sampled[: d.num_seqs][~d.sample_mask[: d.num_seqs]] = -1
+        nonfinite: list[str] = []
+        if errors["sampler"][0]:
+            logits = self.backend.to_numpy(self._logits[d.token_capacity])
+            for r in nonfinite_rows(logits, d.num_seqs):
+                nonfinite.append(d.request_ids[r])
+                sampled[r] = -1
+        problems = bounds_problems(d, errors)
+        dropped = {i for _, ids in problems.values() for i in ids}
+        for r, rid in enumerate(d.request_ids):
+            if rid in dropped:
+                sampled[r] = -1
+        out = StepOutput(
+            sampled=sampled,
+            token_ids={
+                rid: int(sampled[r]) for r, rid in enumerate(d.request_ids) if sampled[r] >= 0
+            },
+            bucket=d.token_capacity,
+            replayed=replayed,
+            nonfinite_request_ids=tuple(nonfinite),
+            prepare_s=prep,
+            device_s=dev,
+        )
+        if problems:
+            raise BoundsError(problems, out)
+        return out

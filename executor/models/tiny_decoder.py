@@ -1,0 +1,165 @@
+"""A small decoder that exercises the real serving path.
+
+Token + position embeddings (bounds-checked gathers), layers of RMSNorm -> QKV ->
+KV written into a paged cache with ``scatter_slots`` at ``slot_mapping`` -> causal
+attention over the cache through ``block_tables`` -> output projection -> SwiGLU MLP,
+then the LM head on each sequence's last token (``logits_indices``). Random weights
+from a seed, identical for every backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from graphbatch.kernels import gather_slots, scatter_slots
+from graphbatch.kernels.paged_attention import paged_attention
+from graphbatch.scheduler import SchedulerConfig
+
+from ..backends import Backend
+from ..static_buffers import ModelInputs
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 4096
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    dtype: str = "float32"
+    seed: int = 0
+    rms_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} / num_heads {self.num_heads} / "
+                f"num_kv_heads {self.num_kv_heads} do not divide"
+            )
+        hd = self.head_dim
+        if hd < 16 or hd & (hd - 1):
+            raise ValueError(f"head_dim {hd} must be a power of two >= 16")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be float32/float16/bfloat16, got {self.dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+PRESETS = {
+    "tiny": ModelConfig(),  # CPU default: seconds under the Triton interpreter
+    "small": ModelConfig(
+        hidden_size=512,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=1408,
+        dtype="bfloat16",
+    ),
+    "large": ModelConfig(
+        vocab_size=151552,
+        hidden_size=2048,
+        num_layers=4,
+        num_heads=16,
+        num_kv_heads=4,
+        intermediate_size=5632,
+        dtype="bfloat16",
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"model preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return replace(PRESETS[name], **overrides)
+
+
+class TinyDecoder:
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.backend: Backend | None = None
+
+    def bind(self, backend: Backend, sched: SchedulerConfig) -> None:
+        """Allocate weights and the paged KV cache on the executor's backend."""
+        c = self.config
+        if sched.vocab_size != c.vocab_size:
+            raise ValueError(f"scheduler vocab_size {sched.vocab_size} != model {c.vocab_size}")
+        self.backend = backend
+        rng = np.random.default_rng(c.seed)
+        H, KV, D, FF = c.hidden_size, c.num_kv_heads * c.head_dim, c.head_dim, c.intermediate_size
+
+        def w(*shape: int, scale: float | None = None) -> Any:
+            s = scale if scale is not None else shape[0] ** -0.5
+            arr = (rng.standard_normal(shape, dtype=np.float32) * s).astype(np.float32)
+            return backend.cast(backend.from_numpy(arr), c.dtype)
+
+        self.embed = w(c.vocab_size, H, scale=1.0)
+        self.pos_embed = w(sched.max_model_len, H, scale=0.1)
+        self.layers = [
+            dict(
+                wq=w(H, H),
+                wk=w(H, KV),
+                wv=w(H, KV),
+                wo=w(H, H),
+                w1=w(H, FF),
+                w3=w(H, FF),
+                w2=w(FF, H),
+                n1=w(1, H, scale=0.0),
+                n2=w(1, H, scale=0.0),
+            )
+            for _ in range(c.num_layers)
+        ]
+        for layer in self.layers:  # RMSNorm weights start at one
+            backend.fill(layer["n1"], 1.0)
+            backend.fill(layer["n2"], 1.0)
+        self.norm = w(1, H, scale=0.0)
+        backend.fill(self.norm, 1.0)
+        self.lm_head = w(H, c.vocab_size)
+        cache_shape = (sched.num_slots, c.num_kv_heads, D)
+        self.k_cache = [backend.empty(cache_shape, c.dtype) for _ in range(c.num_layers)]
+        self.v_cache = [backend.empty(cache_shape, c.dtype) for _ in range(c.num_layers)]
+        for cache in self.k_cache + self.v_cache:
+            backend.fill(cache, 0.0)
+
+    def _rms(self, x: Any, weight: Any) -> Any:
+        b = self.backend
+        x32 = b.cast(x, "float32")
+        y = x32 * b.rsqrt((x32 * x32).mean(-1, keepdim=True) + self.config.rms_eps)
+        return b.cast(y, self.config.dtype) * weight
+
+    def forward(self, inp: ModelInputs) -> Any:
+        """Logits [max_num_seqs, vocab] (float32) for each sequence's last token."""
+        b, c, err = self.backend, self.config, inp.errors
+        T, D = inp.num_tokens, c.head_dim
+        h = gather_slots(self.embed, inp.input_ids, error_counter=err["input_ids"])
+        h = h + gather_slots(self.pos_embed, inp.positions, error_counter=err["positions"])
+        for i, L in enumerate(self.layers):
+            x = self._rms(h, L["n1"])
+            q = b.reshape(x @ L["wq"], (T, c.num_heads, D))
+            k = b.reshape(x @ L["wk"], (T, c.num_kv_heads, D))
+            v = b.reshape(x @ L["wv"], (T, c.num_kv_heads, D))
+            scatter_slots(self.k_cache[i], inp.slot_mapping, k, error_counter=err["slot_mapping"])
+            scatter_slots(self.v_cache[i], inp.slot_mapping, v, error_counter=err["slot_mapping"])
+            a = paged_attention(
+                q,
+                self.k_cache[i],
+                self.v_cache[i],
+                inp.block_tables,
+                inp.query_start_loc,
+                inp.seq_lens,
+                inp.positions,
+                inp.block_size,
+                D**-0.5,
+                error_counter=err["block_tables"],
+            )
+            h = h + b.reshape(a, (T, c.hidden_size)) @ L["wo"]
+            x = self._rms(h, L["n2"])
+            h = h + (b.silu(x @ L["w1"]) * (x @ L["w3"])) @ L["w2"]
+        last = gather_slots(
+            self._rms(h, self.norm), inp.logits_indices, error_counter=err["logits_indices"]
+        )
+        return b.cast(last @ self.lm_head, "float32")

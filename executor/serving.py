@@ -1,0 +1,152 @@
+"""An end-to-end prefill-instance loop: scheduler -> executor -> first tokens ->
+simulated KV transfer -> release, over multi-round chat sessions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from graphbatch.profiling import nvtx_range
+from graphbatch.scheduler import PrefillScheduler, SchedulerFull
+from graphbatch.scheduler.workload import Turn
+
+from .errors import BoundsError
+from .graph_executor import GraphExecutor
+
+log = logging.getLogger("graphbatch.serving")
+
+
+@dataclass
+class RunStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    padded_tokens: int = 0  # token-bucket rows executed, padding included
+    steps: int = 0
+    wall_s: float = 0.0
+    ttft_s: list[float] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    step_times: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
+
+    @property
+    def padding_waste(self) -> float:
+        return 1.0 - self.prompt_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+class ServingLoop:
+    """Keeps up to ``concurrency`` chat sessions in flight; round r+1 of a session is
+    submitted once round r's KV cache was sent (released)."""
+
+    def __init__(
+        self,
+        scheduler: PrefillScheduler,
+        executor: GraphExecutor,
+        sessions: list[list[Turn]],
+        concurrency: int,
+        on_step: Callable[[RunStats], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.sched, self.ex = scheduler, executor
+        self.waiting = deque(deque(s) for s in sessions if s)
+        self.concurrency = concurrency
+        self.active: list[deque[Turn]] = []
+        self.ready_at: dict[str, float] = {}  # request id -> when it could be submitted
+        self.submitted: set[str] = set()
+        self.transferring: list[str] = []
+        self.on_step = on_step
+        self.stats = RunStats()
+        self.replays: Counter[int] = Counter()
+
+    def _admit(self, now: float) -> None:
+        while self.waiting and len(self.active) < self.concurrency:
+            self.active.append(self.waiting.popleft())
+        for turns in self.active:
+            req = turns[0].request
+            if req.request_id in self.submitted:
+                continue
+            self.ready_at.setdefault(req.request_id, now)
+            try:
+                self.sched.add_request(req)
+            except SchedulerFull:
+                if not self.sched.request_ids():
+                    raise RuntimeError(f"request {req.request_id!r} can never fit") from None
+                return  # retry next step, keep arrival order
+            except ValueError as e:  # a bad request is dropped, never the batch
+                log.warning("rejected: %s", e)
+                self._finish_turn(turns, failed=True)
+                continue
+            self.submitted.add(req.request_id)
+
+    def _finish_turn(self, turns: deque[Turn], failed: bool = False) -> None:
+        rid = turns.popleft().request.request_id
+        if failed:
+            self.stats.failed.append(rid)
+        if not turns:
+            self.active.remove(turns)
+
+    def _release_transferred(self) -> None:
+        # simulated KV transfer: sent by the time the next step is planned
+        for rid in self.transferring:
+            self.sched.release(rid)
+            turns = next(t for t in self.active if t[0].request.request_id == rid)
+            self._finish_turn(turns)
+        self.transferring = []
+
+    def _step(self) -> bool:
+        with nvtx_range("schedule", color="yellow"):
+            d = self.sched.schedule()
+        if d is None:
+            return False
+        t0 = time.perf_counter()
+        try:
+            out = self.ex.execute(d)
+        except BoundsError as e:
+            log.error("%s", e)
+            for rid in e.request_ids:
+                self.sched.abort(rid)
+                turns = next(t for t in self.active if t[0].request.request_id == rid)
+                self._finish_turn(turns, failed=True)
+            out = e.output
+        now = time.perf_counter()
+        for rid in out.nonfinite_request_ids:
+            self.sched.abort(rid)
+            self._finish_turn(
+                next(t for t in self.active if t[0].request.request_id == rid), failed=True
+            )
+        moved = self.sched.update(d, out.sampled)
+        for rid in moved:
+            self.stats.ttft_s.append(now - self.ready_at[rid])
+            self.stats.requests += 1
+        self.transferring.extend(moved)
+        s = self.stats
+        s.steps += 1
+        s.prompt_tokens += d.num_tokens
+        s.padded_tokens += d.token_capacity
+        s.step_times.append((t0, now))
+        return True
+
+    def run(self) -> RunStats:
+        start = time.perf_counter()
+        stalled = 0
+        while self.waiting or self.active:
+            self._release_transferred()
+            self._admit(time.perf_counter())
+            if self._step() or self.transferring:
+                stalled = 0
+            else:
+                stalled += 1
+                if stalled > 2:
+                    ids = [t[0].request.request_id for t in self.active]
+                    raise RuntimeError(f"serving loop stalled with requests {ids} pending")
+            if self.on_step:
+                self.on_step(self.stats)
+        self.stats.wall_s = time.perf_counter() - start
+        return self.stats
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")

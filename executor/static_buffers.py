@@ -1,0 +1,140 @@
+"""Static (graph-captured) input buffers: the only code that writes them.
+
+Every buffer is allocated once at full capacity, so captured graphs keep valid
+addresses, and ``load`` rewrites every row of every buffer each step -- padding and
+sampling parameters included -- so nothing from an earlier, larger batch survives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from graphbatch.scheduler import BatchDescriptor, DescriptorError, SchedulerConfig
+from graphbatch.scheduler.config import DUMMY_BLOCK
+from graphbatch.scheduler.descriptor import FIELD_DTYPES, PAD_VALUES, TOKEN_FIELDS
+
+from .backends import Backend
+
+INT32_MAX = 2**31 - 1
+# Device error counters, one (count, first row) pair per bounds check.
+CHECKS = ("input_ids", "positions", "slot_mapping", "block_tables", "logits_indices", "sampler")
+EXTRA_DTYPES = {
+    "offsets": np.dtype(np.int64),
+    "num_valid": np.dtype(np.int32),
+    "errors": np.dtype(np.int32),
+}
+
+
+@dataclass
+class ModelInputs:
+    """Views of the static buffers for one token bucket (what a model may read)."""
+
+    num_tokens: int  # the bucket: rows in the token arrays
+    input_ids: Any  # [T] int64
+    positions: Any  # [T] int64
+    slot_mapping: Any  # [T] int64
+    query_start_loc: Any  # [S + 1] int32
+    seq_lens: Any  # [S] int32
+    context_lens: Any  # [S] int32
+    block_tables: Any  # [S, MB] int32
+    logits_indices: Any  # [S] int64
+    errors: dict[str, Any]  # check name -> int32 [2] counter view
+    block_size: int
+
+
+class StaticBuffers:
+    def __init__(self, backend: Backend, config: SchedulerConfig) -> None:
+        self.backend, self.config = backend, config
+        T, S, MB = config.max_num_batched_tokens, config.max_num_seqs, config.max_blocks_per_seq
+        shapes = {name: ((T,) if name in TOKEN_FIELDS else (S,)) for name in FIELD_DTYPES}
+        shapes.update(
+            query_start_loc=(S + 1,),
+            block_tables=(S, MB),
+            offsets=(S,),
+            num_valid=(1,),
+            errors=(len(CHECKS), 2),
+        )
+        dtypes = {**FIELD_DTYPES, **EXTRA_DTYPES}
+        self.device: dict[str, Any] = {}
+        self._host: dict[str, Any] = {}
+        self.host: dict[str, np.ndarray] = {}
+        for name, shape in shapes.items():
+            self.device[name] = backend.empty(shape, dtypes[name])
+            self._host[name], self.host[name] = backend.staging(shape, dtypes[name])
+        self.errors = {c: self.device["errors"][i] for i, c in enumerate(CHECKS)}
+        self.load_padding()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["device"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def _stage_padding(self, num_tokens: int = 0) -> None:
+        h = self.host
+        for name in FIELD_DTYPES:
+            if name != "query_start_loc":
+                h[name][...] = PAD_VALUES[name]
+        bs = self.config.block_size
+        h["slot_mapping"][:] = DUMMY_BLOCK * bs + np.arange(h["slot_mapping"].shape[0]) % bs
+        h["query_start_loc"][:] = num_tokens
+        h["offsets"][:] = 0
+        h["num_valid"][:] = 0
+
+    def load_padding(self) -> None:
+        """Safe empty batch: every row padding (used for warm-up and capture)."""
+        self._stage_padding()
+        self._flush()
+
+    def load(self, d: BatchDescriptor) -> None:
+        """Rewrite every row of every buffer from ``d`` (one copy per field)."""
+        cfg, h = self.config, self.host
+        T = d.token_capacity
+        if T > cfg.max_num_batched_tokens:
+            raise DescriptorError(
+                "input_ids",
+                T,
+                f"token capacity {T} exceeds max_num_batched_tokens {cfg.max_num_batched_tokens}",
+            )
+        self._stage_padding(d.num_tokens)
+        for name in FIELD_DTYPES:
+            src, dst = getattr(d, name), h[name]
+            if name in TOKEN_FIELDS:
+                if src.shape != (T,):
+                    raise DescriptorError(name, 0, f"shape {src.shape} != ({T},)")
+                dst[:T] = src
+            else:
+                if src.shape != dst.shape:
+                    raise DescriptorError(name, 0, f"shape {src.shape} != {dst.shape}")
+                dst[...] = src
+        h["offsets"][:] = d.seq_lens  # RNG offset: the position of the sampled token
+        h["num_valid"][0] = d.num_seqs
+        self._flush()
+
+    def _flush(self) -> None:
+        self.host["errors"][:, 0] = 0
+        self.host["errors"][:, 1] = INT32_MAX
+        for name, dev in self.device.items():
+            self.backend.copy_to_device(dev, self._host[name])
+
+    def view(self, num_tokens: int) -> ModelInputs:
+        d = self.device
+        return ModelInputs(
+            num_tokens=num_tokens,
+            input_ids=d["input_ids"][:num_tokens],
+            positions=d["positions"][:num_tokens],
+            slot_mapping=d["slot_mapping"][:num_tokens],
+            query_start_loc=d["query_start_loc"],
+            seq_lens=d["seq_lens"],
+            context_lens=d["context_lens"],
+            block_tables=d["block_tables"],
+            logits_indices=d["logits_indices"],
+            errors=self.errors,
+            block_size=self.config.block_size,
+        )
+
+    def read_errors(self) -> dict[str, tuple[int, int]]:
+        arr = self.backend.to_numpy(self.device["errors"])
+        return {c: (int(arr[i, 0]), int(arr[i, 1])) for i, c in enumerate(CHECKS)}

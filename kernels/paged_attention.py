@@ -1,0 +1,184 @@
+"""Causal prefill attention over a paged KV cache, bounds-checked.
+
+Programs tile the flattened token axis (BLOCK_M tokens, one head each); a token's
+sequence comes from ``query_start_loc`` (padding tokens fall past the last sequence and
+get zeros). Keys j <= position and j < seq_len are read through ``block_tables``; a block
+id outside [0, num_blocks) is redirected to block 0 and its token row is counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _runtime as rt  # noqa: I001
+
+
+@triton.jit
+def _paged_attention_kernel(
+    q_ptr,  # [T, H, D]
+    k_cache_ptr,  # [num_blocks * block_size, HKV, D]
+    v_cache_ptr,  # [num_blocks * block_size, HKV, D]
+    block_tables_ptr,  # [S, MB] int32
+    qsl_ptr,  # [S + 1] int32
+    seq_lens_ptr,  # [S] int32
+    positions_ptr,  # [T] int64
+    out_ptr,  # [T, H, D]
+    err_ptr,  # [2] int32: (bad token rows, first bad row)
+    T,
+    S,
+    MB,
+    num_blocks,
+    scale,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HAS_ERR: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    h = tl.program_id(1)
+    hkv = h // (H // HKV)
+    d = tl.arange(0, D)
+    in_grid = rows < T
+    # sequence of each token: how many chunk ends qsl[1..S] lie at or before it
+    sidx = tl.arange(0, BLOCK_S)
+    ends = tl.load(qsl_ptr + 1 + sidx, mask=sidx < S, other=2147483647)
+    seq = tl.sum((ends[None, :] <= rows[:, None]).to(tl.int32), 1)
+    real = in_grid & (seq < S)
+    seq_safe = tl.where(real, seq, 0)
+    seq_len = tl.load(seq_lens_ptr + seq_safe, mask=real, other=0)
+    pos = tl.load(positions_ptr + rows, mask=real, other=0).to(tl.int32)
+    kv_len = tl.minimum(pos + 1, seq_len)  # causal, never past the sequence
+    kv_len = tl.where(real, kv_len, 0)
+
+    q = tl.load(
+        q_ptr + (rows.to(tl.int64) * H + h)[:, None] * D + d[None, :], mask=real[:, None], other=0.0
+    ).to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    bad = tl.zeros([BLOCK_M], tl.int32)
+    for start in range(0, tl.max(kv_len, 0), BLOCK_N):
+        j = start + tl.arange(0, BLOCK_N)
+        live = j[None, :] < kv_len[:, None]  # [M, N]
+        col = j // BLOCK_SIZE
+        col_ok = col[None, :] < MB
+        bt = tl.load(
+            block_tables_ptr + seq_safe.to(tl.int64)[:, None] * MB + col[None, :],
+            mask=live & col_ok,
+            other=0,
+        )
+        blk_ok = (bt >= 0) & (bt < num_blocks) & col_ok
+        bad |= tl.max((live & ~blk_ok).to(tl.int32), 1)
+        slot = tl.where(blk_ok, bt, 0).to(tl.int64) * BLOCK_SIZE + (j % BLOCK_SIZE)[None, :]
+        kv_off = (slot * HKV + hkv)[:, :, None] * D + d[None, None, :]  # [M, N, D]
+        k = tl.load(k_cache_ptr + kv_off, mask=live[:, :, None], other=0.0).to(tl.float32)
+        s = tl.sum(q[:, None, :] * k, 2) * scale
+        s = tl.where(live, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        v = tl.load(v_cache_ptr + kv_off, mask=live[:, :, None], other=0.0).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(
+        out_ptr + (rows.to(tl.int64) * H + h)[:, None] * D + d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=in_grid[:, None],
+    )
+    if HAS_ERR:
+        is_bad = (bad > 0) & (h == 0)
+        nb = tl.sum(is_bad.to(tl.int32), 0)
+        tl.atomic_add(err_ptr, nb, mask=nb > 0)
+        tl.atomic_min(err_ptr + 1, tl.min(tl.where(is_bad, rows, 2147483647), 0), mask=nb > 0)
+
+
+def paged_attention(
+    q: Any,
+    k_cache: Any,
+    v_cache: Any,
+    block_tables: Any,
+    query_start_loc: Any,
+    seq_lens: Any,
+    positions: Any,
+    block_size: int,
+    scale: float,
+    out: Any = None,
+    error_counter: Any = None,
+) -> Any:
+    """Causal attention of ``q`` [T, H, D] over paged ``k_cache``/``v_cache``
+    [num_slots, HKV, D]; returns ``out`` [T, H, D] (zeros for padding tokens)."""
+    qt = rt.to_torch(q, "q")
+    kc, vc = rt.to_torch(k_cache, "k_cache"), rt.to_torch(v_cache, "v_cache")
+    bt = rt.to_torch(block_tables, "block_tables")
+    qsl, sl = rt.to_torch(query_start_loc, "query_start_loc"), rt.to_torch(seq_lens, "seq_lens")
+    pos = rt.to_torch(positions, "positions")
+    if qt.dim() != 3 or kc.dim() != 3 or kc.shape != vc.shape:
+        raise ValueError(f"q must be [T, H, D], caches [slots, HKV, D]: {qt.shape}, {kc.shape}")
+    T, H, D = qt.shape
+    HKV = kc.shape[1]
+    if kc.shape[2] != D or H % HKV or D & (D - 1) or D < 16:
+        raise ValueError(
+            f"head_dim {D} must match caches and be a power of two >= 16; "
+            f"H={H} must be a multiple of HKV={HKV}"
+        )
+    if kc.shape[0] % block_size:
+        raise ValueError(f"cache slots {kc.shape[0]} not a multiple of block_size {block_size}")
+    S = sl.shape[0]
+    if bt.dim() != 2 or bt.shape[0] != S or qsl.shape != (S + 1,) or pos.shape != (T,):
+        raise ValueError("block_tables [S, MB], query_start_loc [S+1], positions [T] expected")
+    for name, t, dt in (
+        ("block_tables", bt, torch.int32),
+        ("query_start_loc", qsl, torch.int32),
+        ("seq_lens", sl, torch.int32),
+        ("positions", pos, torch.int64),
+    ):
+        if t.dtype != dt or not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous {dt}, got {t.dtype}")
+    device = rt.same_device({"q": qt, "k_cache": kc, "v_cache": vc, "block_tables": bt})
+    if out is None:
+        out_t = torch.empty_like(qt)
+        out = out_t if not rt.is_paddle(q) else __import__("paddle").from_dlpack(out_t)
+    else:
+        out_t = rt.to_torch(out, "out")
+    err = rt.check_error_counter(error_counter, device)
+    if T == 0:
+        return out
+    bm, bn = (64, 64) if rt.interpreting() else (16, 16)
+    grid = (triton.cdiv(T, bm), H)
+    with rt.launch_stream(q), rt.quiet_interpreter():
+        _paged_attention_kernel[grid](
+            qt,
+            kc,
+            vc,
+            bt,
+            qsl,
+            sl,
+            pos,
+            out_t,
+            err if err is not None else sl,
+            T,
+            S,
+            bt.shape[1],
+            kc.shape[0] // block_size,
+            scale,
+            H=H,
+            HKV=HKV,
+            D=D,
+            BLOCK_SIZE=block_size,
+            HAS_ERR=err is not None,
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            BLOCK_S=rt.next_pow2(S),
+        )
+    return out

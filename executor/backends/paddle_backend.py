@@ -66,9 +66,9 @@ class PaddleBackend(Backend):
         return arr, arr
 
     def copy_to_device(self, dst, host):
-        # paddle.assign writes into ``dst`` in place: its address, which a captured
-        # graph has baked in, stays the same
-        self.paddle.assign(host, output=dst)
+        # set_value writes into ``dst`` in place (a captured graph keeps its address).
+        # Not paddle.assign: it rounds int64 above 2^53 (seeds) through a float.
+        dst.set_value(host)
 
     def to_numpy(self, t):
         return t.numpy()

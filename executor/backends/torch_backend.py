@@ -29,7 +29,10 @@ class TorchBackend(Backend):
         self.torch = torch
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise BackendUnavailable(f"device {device!r}: {e}") from None
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 raise BackendUnavailable(f"device {device!r}: torch sees no CUDA GPU")

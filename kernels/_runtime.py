@@ -74,6 +74,16 @@ def quiet_interpreter():
     return np.errstate(invalid="ignore", over="ignore", divide="ignore")
 
 
+def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, like: Any):
+    """(torch view, tensor to return): the return is paddle when ``like`` is paddle."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if is_paddle(like):
+        import paddle
+
+        return t, paddle.from_dlpack(t)
+    return t, t
+
+
 def same_device(name_tensors: dict[str, torch.Tensor]) -> torch.device:
     devices = {n: t.device for n, t in name_tensors.items()}
     first_name, first = next(iter(devices.items()))

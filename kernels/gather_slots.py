@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
+from ._count import count_bad_rows
 from ._slots import as_rows, block_d, check_indices, rows_per_program
 
 
@@ -41,10 +41,7 @@ def _gather_slots_kernel(
     dst = out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :]
     tl.store(dst, vals, mask=in_grid[:, None] & cmask)
     if HAS_ERR:
-        bad = in_grid & ~ok & (idx != -1) & (tl.program_id(1) == 0)
-        nb = tl.sum(bad.to(tl.int32), 0)
-        tl.atomic_add(err_ptr, nb, mask=nb > 0)
-        tl.atomic_min(err_ptr + 1, tl.min(tl.where(bad, rows, 2147483647), 0), mask=nb > 0)
+        count_bad_rows(err_ptr, in_grid & ~ok & (idx != -1) & (tl.program_id(1) == 0), rows)
 
 
 def gather_slots(table: Any, indices: Any, out: Any = None, error_counter: Any = None) -> Any:
@@ -65,12 +62,7 @@ def gather_slots(table: Any, indices: Any, out: Any = None, error_counter: Any =
     src_shape = tuple(rt.to_torch(table, "table").shape)
     out_shape = (T, *src_shape[1:])
     if out is None:
-        out_t = torch.empty(out_shape, dtype=tab.dtype, device=device)
-        out = out_t
-        if rt.is_paddle(table):
-            import paddle
-
-            out = paddle.from_dlpack(out_t)
+        out_t, out = rt.new_output(out_shape, tab.dtype, device, table)
     else:
         out_t = rt.to_torch(out, "out")
         if tuple(out_t.shape) != out_shape or out_t.dtype != tab.dtype:

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
+from ._count import count_bad_rows
 
 
 @triton.jit
@@ -97,10 +98,7 @@ def _paged_attention_kernel(
         mask=in_grid[:, None],
     )
     if HAS_ERR:
-        is_bad = (bad > 0) & (h == 0)
-        nb = tl.sum(is_bad.to(tl.int32), 0)
-        tl.atomic_add(err_ptr, nb, mask=nb > 0)
-        tl.atomic_min(err_ptr + 1, tl.min(tl.where(is_bad, rows, 2147483647), 0), mask=nb > 0)
+        count_bad_rows(err_ptr, (bad > 0) & (h == 0), rows)
 
 
 def paged_attention(
@@ -147,8 +145,7 @@ def paged_attention(
             raise ValueError(f"{name} must be contiguous {dt}, got {t.dtype}")
     device = rt.same_device({"q": qt, "k_cache": kc, "v_cache": vc, "block_tables": bt})
     if out is None:
-        out_t = torch.empty_like(qt)
-        out = out_t if not rt.is_paddle(q) else __import__("paddle").from_dlpack(out_t)
+        out_t, out = rt.new_output(tuple(qt.shape), qt.dtype, device, q)
     else:
         out_t = rt.to_torch(out, "out")
     err = rt.check_error_counter(error_counter, device)

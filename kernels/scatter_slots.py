@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
+from ._count import count_bad_rows
 from ._slots import as_rows, block_d, check_indices, rows_per_program
 
 
@@ -43,10 +44,7 @@ def _scatter_slots_kernel(
     )
     tl.store(table_ptr + safe[:, None] * D + cols[None, :], vals, mask=ok[:, None] & cmask)
     if HAS_ERR:
-        bad = in_grid & ~ok & (idx != -1) & (tl.program_id(1) == 0)
-        nb = tl.sum(bad.to(tl.int32), 0)
-        tl.atomic_add(err_ptr, nb, mask=nb > 0)
-        tl.atomic_min(err_ptr + 1, tl.min(tl.where(bad, rows, 2147483647), 0), mask=nb > 0)
+        count_bad_rows(err_ptr, in_grid & ~ok & (idx != -1) & (tl.program_id(1) == 0), rows)
 
 
 def scatter_slots(table: Any, indices: Any, values: Any, error_counter: Any = None) -> None:

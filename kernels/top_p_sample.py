@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001  (sets TRITON_INTERPRET before triton loads)
+from ._count import count_bad_rows
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_ROUNDS = 12  # safety bound; n pivots split the key interval n + 1 ways per round
@@ -109,9 +110,7 @@ def _top_p_sample_kernel(
 
     bad = valid & ((nbad > 0) | (m == float("inf")) | (m == float("-inf")))
     if HAS_ERR:
-        nb = tl.sum(bad.to(tl.int32), 0)
-        tl.atomic_add(err_ptr, nb, mask=nb > 0)
-        tl.atomic_min(err_ptr + 1, tl.min(tl.where(bad, rows, 2147483647), 0), mask=nb > 0)
+        count_bad_rows(err_ptr, bad, rows)
     sample = valid & ~greedy & ~bad
 
     # threshold search: cond(K) = mass(key >= K) >= top_p * z  OR  count >= top_k;
@@ -261,12 +260,7 @@ def top_p_sample(
         nv_t, nv_int, from_ptr = ts["seeds"], num_valid, False
 
     if out is None:
-        out_t = torch.empty(S, dtype=torch.int64, device=device)
-        out = out_t
-        if rt.is_paddle(logits):
-            import paddle
-
-            out = paddle.from_dlpack(out_t)
+        out_t, out = rt.new_output((S,), torch.int64, device, logits)
     else:
         out_t = rt.to_torch(out, "out")
         _check_param("out", out_t, S, (torch.int64, torch.int32))

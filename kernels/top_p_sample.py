@@ -121,7 +121,7 @@ def _top_p_sample_kernel(
     search = sample & (use_p | (kk <= V))
     hi = tl.where(search, _order_key(m).to(tl.int64) + 1, lo + 1)
     target = tl.where(use_p, top_p * z, float("inf"))
-    rounds = 0
+    rounds = tl.zeros([], tl.int32)  # a tensor from the start: loop-carried types must not change
     while (tl.max(hi - lo, 0) > 1) & (rounds < MAX_ROUNDS):
         j = tl.arange(0, NUM_PIVOTS) + 1
         piv = lo[:, None] + ((hi - lo)[:, None] * j[None, :]) // (NUM_PIVOTS + 1)

@@ -62,8 +62,15 @@ def cuda_profiler_window(enabled: bool = True) -> Iterator[bool]:
     if rt is None:
         yield False
         return
-    rt.cudaProfilerStart()
+    if _status(rt.cudaProfilerStart()) != 0:  # e.g. a CUDA runtime but no device
+        yield False
+        return
     try:
         yield True
     finally:
         rt.cudaProfilerStop()
+
+
+def _status(rc: Any) -> int:
+    # ctypes returns the cudaError_t int; torch's binding an enum (or None when it raises)
+    return int(getattr(rc, "value", rc) or 0)

@@ -29,8 +29,15 @@ def build_descriptor(
     qsl[1 : n + 1] = np.cumsum(counts)
 
     block_tables = _padded("block_tables", (S, MB))
+    temperature, top_p = _padded("temperature", (S,)), _padded("top_p", (S,))
+    top_k, seeds = _padded("top_k", (S,)), _padded("seeds", (S,))
     for i, (seq, _, _) in enumerate(chunks):
         block_tables[i, : seq.block_ids.shape[0]] = seq.block_ids
+    sp = [(c[0].sampling, c[0].seed) for c in chunks]
+    temperature[:n] = [p.temperature for p, _ in sp]
+    top_p[:n] = [p.top_p for p, _ in sp]
+    top_k[:n] = [p.top_k for p, _ in sp]
+    seeds[:n] = [s for _, s in sp]
 
     seq_of_token = np.repeat(np.arange(n), counts)
     positions = _padded("positions", (T,))
@@ -54,12 +61,6 @@ def build_descriptor(
     logits_indices[:n] = qsl[1 : n + 1] - 1
     sample_mask = _padded("sample_mask", (S,))
     sample_mask[:n] = [p + c == s.prompt_len for s, p, c in chunks]
-
-    temperature, top_p = _padded("temperature", (S,)), _padded("top_p", (S,))
-    top_k, seeds = _padded("top_k", (S,)), _padded("seeds", (S,))
-    for i, (seq, _, _) in enumerate(chunks):
-        sp = seq.sampling
-        temperature[i], top_p[i], top_k[i], seeds[i] = sp.temperature, sp.top_p, sp.top_k, seq.seed
 
     return BatchDescriptor(
         input_ids=input_ids,

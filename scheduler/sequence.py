@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,10 +26,10 @@ class Sequence:
     num_scheduled: int = 0  # prompt tokens handed to a batch so far
     first_token: int | None = None
     state: SeqState = SeqState.PREFILLING
+    prompt_len: int = field(init=False)  # a plain int: read on every schedule() pass
 
-    @property
-    def prompt_len(self) -> int:
-        return int(self.prompt.shape[0])
+    def __post_init__(self) -> None:
+        self.prompt_len = int(self.prompt.shape[0])
 
     @property
     def remaining(self) -> int:

@@ -10,7 +10,7 @@ from graphbatch.scheduler.descriptor import TOKEN_FIELDS
 _TOKEN_ROW_CHECKS = set(TOKEN_FIELDS) | {"block_tables"}
 
 
-def _request_of(d: BatchDescriptor, field: str, row: int, token_row: bool) -> str | None:
+def _request_of(d: BatchDescriptor, row: int, token_row: bool) -> str | None:
     return d.request_of_token(row) if token_row else d.request_of_seq(row)
 
 
@@ -26,7 +26,7 @@ def bounds_problems(
         token_rows = field in TOKEN_FIELDS
         if not rows:  # in range on its own but not for the kernel (e.g. past seq_len)
             rows, token_rows = [first_row], field in _TOKEN_ROW_CHECKS
-        ids = [_request_of(d, field, r, token_rows) for r in rows]
+        ids = [_request_of(d, r, token_rows) for r in rows]
         out[field] = (rows, sorted({i for i in ids if i is not None}))
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,7 +59,6 @@ class ServingLoop:
         self.transferring: list[str] = []
         self.on_step = on_step
         self.stats = RunStats()
-        self.replays: Counter[int] = Counter()
 
     def _admit(self, now: float) -> None:
         while self.waiting and len(self.active) < self.concurrency:

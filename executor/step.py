@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,4 +16,3 @@ class StepOutput:
     nonfinite_request_ids: tuple[str, ...] = ()  # logits had NaN / no finite value
     prepare_s: float = 0.0  # host: staging + H2D copies
     device_s: float = 0.0  # replay or eager run until tokens were read back
-    extra: dict = field(default_factory=dict)

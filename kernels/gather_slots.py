@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
-from ._count import count_bad_rows
+from ._checked import count_bad_rows, slot_tile
 from ._slots import as_rows, block_d, check_indices, rows_per_program
 
 
@@ -29,13 +29,7 @@ def _gather_slots_kernel(
     ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    in_grid = rows < T
-    idx = tl.load(idx_ptr + rows, mask=in_grid, other=-1).to(tl.int64)
-    ok = (idx >= 0) & (idx < N)
-    safe = tl.where(ok, idx, 0)  # a bad index never becomes an address
-    cmask = cols[None, :] < D
+    rows, cols, in_grid, idx, ok, safe, cmask = slot_tile(idx_ptr, N, T, D, ROWS, BLOCK_D)
     src = table_ptr + safe[:, None] * D + cols[None, :]
     vals = tl.load(src, mask=ok[:, None] & cmask, other=0)
     dst = out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :]

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
-from ._count import count_bad_rows
+from ._checked import count_bad_rows
 
 
 @triton.jit

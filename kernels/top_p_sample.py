@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001  (sets TRITON_INTERPRET before triton loads)
-from ._count import count_bad_rows
+from ._checked import count_bad_rows
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_ROUNDS = 12  # safety bound; n pivots split the key interval n + 1 ways per round

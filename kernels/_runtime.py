@@ -38,16 +38,31 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def gpu_tiles() -> bool:
+    """Pick the tile sizes a GPU launch would use.
+
+    True on a GPU, and under the interpreter when ``GRAPHBATCH_GPU_TILES=1``: the CPU
+    proxy that runs the GPU branch of every launcher (ROWS=1, GPU blocks and pivots).
+    """
+    return not interpreting() or os.environ.get("GRAPHBATCH_GPU_TILES", "0") not in ("", "0")
+
+
 def is_paddle(x: Any) -> bool:
     return type(x).__module__.startswith("paddle")
 
 
 def to_torch(x: Any, name: str) -> torch.Tensor:
-    """Zero-copy torch view of a torch or paddle tensor (DLPack for paddle)."""
+    """Zero-copy torch view of a torch or paddle tensor (DLPack for paddle).
+
+    The paddle tensor is exported with ``stream=-1``: no stream handshake. The default
+    exchange would make the legacy default stream wait on the current one, which is
+    illegal while paddle captures a CUDA graph; every use here is on the launch stream.
+    """
     if isinstance(x, torch.Tensor):
         return x
     if is_paddle(x):
-        return torch.from_dlpack(x)
+        stream = -1 if x.place.is_gpu_place() else None  # paddle wants None for CPU tensors
+        return torch.utils.dlpack.from_dlpack(x.__dlpack__(stream=stream))
     raise TypeError(f"{name} must be a torch or paddle tensor, got {type(x).__name__}")
 
 
@@ -61,7 +76,8 @@ def launch_stream(x: Any):
         return contextlib.nullcontext()
     import paddle
 
-    handle = paddle.device.current_stream().cuda_stream
+    # paddle.device.Stream has no .cuda_stream; the CUDA stream protocol gives the handle
+    handle = paddle.device.current_stream().__cuda_stream__()[1]
     return torch.cuda.stream(torch.cuda.ExternalStream(handle))
 
 
@@ -75,12 +91,22 @@ def quiet_interpreter():
 
 
 def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, like: Any):
-    """(torch view, tensor to return): the return is paddle when ``like`` is paddle."""
-    t = torch.empty(shape, dtype=dtype, device=device)
+    """(torch view, tensor to return): the return is paddle when ``like`` is paddle.
+
+    A paddle caller's output is allocated by paddle, so inside a paddle capture the
+    memory comes from paddle's graph pool, never from torch's caching allocator.
+    """
     if is_paddle(like):
         import paddle
 
-        return t, paddle.from_dlpack(t)
+        p = paddle.empty(list(shape), dtype=str(dtype).replace("torch.", ""))
+        if str(p.place) != str(like.place):
+            raise ValueError(
+                f"paddle allocates on {p.place} but the inputs are on {like.place}: "
+                "paddle.set_device() to the inputs' device, or pass out="
+            )
+        return to_torch(p, "out"), p
+    t = torch.empty(shape, dtype=dtype, device=device)
     return t, t
 
 
@@ -93,8 +119,19 @@ def same_device(name_tensors: dict[str, torch.Tensor]) -> torch.device:
     return first
 
 
-def capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+def capturing(x: Any) -> bool:
+    """Is the framework that owns ``x`` capturing a CUDA graph right now?
+
+    Asked of that framework: a paddle capture is invisible to torch and vice versa.
+    """
+    if is_paddle(x):
+        if not x.place.is_gpu_place():
+            return False
+        from paddle.base import core
+
+        return bool(core.is_cuda_graph_capturing())
+    t = to_torch(x, "tensor")
+    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def new_error_counter(device: Any = "cpu") -> torch.Tensor:

@@ -1,11 +1,20 @@
-"""Padded top-k/top-p sampling without sorting the vocabulary.
+"""Padded top-k / top-p / min-p sampling without sorting the vocabulary.
 
-One program per row. Pass 1 finds the max (and argmax), the normaliser and the
-smallest key with an online softmax; the threshold search narrows an interval over
-monotone int32 keys of the logits with NUM_PIVOTS pivots per pass (exact: it ends
-on the key of the boundary token, so ties at the threshold are kept); the last pass
-draws by the Gumbel-max trick over the kept tokens, with Philox keyed on
-(seed, offset, token). No host sync, no data-dependent shapes.
+The rule (vLLM ``apply_top_k_top_p``, HF TopK then TopP warpers, FlashInfer
+``top_k_top_p_sampling_from_logits`` with ``filter_apply_order="top_k_first"``):
+scale by 1/temperature; keep the top_k highest logits (ties at the k-th value kept);
+renormalise over them; keep the smallest nucleus of that distribution whose mass
+reaches top_p (the crossing token kept, ties at the boundary kept); then drop tokens
+whose probability is below min_p x the largest (HF MinP after TopP, SGLang likewise;
+min_p compares with the max, so renormalising does not change it). Draw from what is left.
+
+One program per row on a GPU. Pass 1 finds the max, argmax, normaliser and the
+smallest order key (an int32 whose order is the logits' order). Two exact threshold
+searches narrow an interval of keys with NUM_PIVOTS pivots per pass over the
+vocabulary: first the k-th largest key by count (carrying the kept mass with it),
+then the top-p key by mass inside the top-k set. The last pass draws by Gumbel-max over
+the kept tokens, Philox keyed on (seed, offset, token). No host sync, no
+data-dependent shapes.
 """
 
 from __future__ import annotations
@@ -25,9 +34,9 @@ MAX_ROUNDS = 12  # safety bound; n pivots split the key interval n + 1 ways per 
 
 def _num_pivots(V: int) -> int:
     # Any pivot count finds the same exact threshold. The interpreter pays per op, so
-    # it prefers few wide rounds on small rows (256 pivots: 4 rounds for 2^32 keys);
-    # the GPU keeps the [pivots, BLOCK] tile small (16 pivots: 8 rounds).
-    if not rt.interpreting():
+    # it prefers few wide rounds on small rows; the GPU keeps the [pivots, BLOCK] tile
+    # small (16 pivots: 8 rounds at most for 2^32 keys).
+    if rt.gpu_tiles():
         return 16
     return 256 if V <= 256 else 64 if V <= 4096 else 16
 
@@ -50,21 +59,59 @@ def _load_rows(row_ptrs, rmask, idx, V):
 
 
 @triton.jit
+def _search(row_ptrs, rmask, V, m, inv_t, lo, hi, mlo, target, kk,
+            ROWS: tl.constexpr, BLOCK: tl.constexpr, NUM_PIVOTS: tl.constexpr,
+            MAX_ROUNDS: tl.constexpr):  # fmt: skip
+    """Largest key K in [lo, hi) with mass(key >= K) >= target or count(key >= K) >= kk.
+
+    Invariant: the condition holds at lo and fails at hi. ``mlo`` = mass(key >= lo)
+    (exp((x - m) / T) summed) is carried along, exact, from the pass that moved lo.
+    """
+    offs = tl.arange(0, BLOCK)
+    rounds = tl.zeros([], tl.int32)  # a tensor from the start: loop-carried types must not change
+    while (tl.max(hi - lo, 0) > 1) & (rounds < MAX_ROUNDS):
+        j = tl.arange(0, NUM_PIVOTS) + 1
+        piv = lo[:, None] + ((hi - lo)[:, None] * j[None, :]) // (NUM_PIVOTS + 1)
+        mass = tl.zeros([ROWS, NUM_PIVOTS], tl.float32)
+        cnt = tl.zeros([ROWS, NUM_PIVOTS], tl.int32)
+        for start in range(0, V, BLOCK):
+            idx = start + offs
+            x, mask, nan_seen = _load_rows(row_ptrs, rmask, idx, V)
+            key = _order_key(x).to(tl.int64)
+            e = tl.where(mask & (x > float("-inf")), tl.exp((x - m[:, None]) * inv_t[:, None]), 0.0)
+            ge = (key[:, None, :] >= piv[:, :, None]) & mask[:, None, :]
+            mass += tl.sum(tl.where(ge, e[:, None, :], 0.0), 2)
+            cnt += tl.sum(tl.where(ge, 1, 0), 2)
+        ok = (mass >= target[:, None]) | (cnt >= kk[:, None])
+        moved = tl.max(ok.to(tl.int32), 1) > 0
+        # pivots ascend and ok is monotone: the largest ok pivot has the smallest mass
+        mlo = tl.where(moved, tl.min(tl.where(ok, mass, float("inf")), 1), mlo)
+        lo = tl.maximum(lo, tl.max(tl.where(ok, piv, lo[:, None]), 1))
+        hi = tl.minimum(hi, tl.min(tl.where(ok, hi[:, None], piv), 1))
+        rounds += 1
+    return lo, mlo
+
+
+@triton.jit
 def _top_p_sample_kernel(
     logits_ptr,  # [S, V] fp32/fp16/bf16
     temperature_ptr,  # [S] fp32
     top_p_ptr,  # [S] fp32
     top_k_ptr,  # [S] int32/int64
+    min_p_ptr,  # [S] fp32, read when HAS_MIN_P
     seeds_ptr,  # [S] int64
     offsets_ptr,  # [S] int64
     num_valid_ptr,  # [1] int32, read when NUM_VALID_FROM_PTR
     num_valid_int,
     out_ptr,  # [S] int32/int64
+    logprobs_ptr,  # [S] fp32, written when LOGPROBS
     err_ptr,  # [2] int32: (bad rows, first bad row)
     S,
     V,
     stride_row,
     NUM_VALID_FROM_PTR: tl.constexpr,
+    HAS_MIN_P: tl.constexpr,
+    LOGPROBS: tl.constexpr,
     HAS_ERR: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -85,12 +132,13 @@ def _top_p_sample_kernel(
     greedy = t <= 0.0
     inv_t = 1.0 / tl.where(greedy, 1.0, t)
     top_p = tl.minimum(tl.load(top_p_ptr + rows, mask=valid, other=1.0).to(tl.float32), 1.0)
-    top_k = tl.load(top_k_ptr + rows, mask=valid, other=0).to(tl.int32)
+    top_k = tl.load(top_k_ptr + rows, mask=valid, other=0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
 
-    # pass 1: max, argmax, online normaliser, smallest key, NaN count
+    # pass 1: max, argmax, normalisers (at T and, for logprobs, at 1), smallest key, NaNs
     m = tl.full([ROWS], float("-inf"), tl.float32)
     z = tl.zeros([ROWS], tl.float32)
+    z1 = tl.zeros([ROWS], tl.float32)
     arg = tl.zeros([ROWS], tl.int32)
     kmin = tl.full([ROWS], 2147483647, tl.int32)
     nbad = tl.zeros([ROWS], tl.int32)
@@ -102,9 +150,13 @@ def _top_p_sample_kernel(
         bi = tl.min(tl.where(x == bm[:, None], idx[None, :], V), 1)
         arg = tl.where(bm > m, bi, arg)
         m_new = tl.maximum(m, bm)
+        finite = x > float("-inf")
         scale = tl.where(m == float("-inf"), 0.0, tl.exp((m - m_new) * inv_t))
-        e = tl.where(x == float("-inf"), 0.0, tl.exp((x - m_new[:, None]) * inv_t[:, None]))
+        e = tl.where(finite, tl.exp((x - m_new[:, None]) * inv_t[:, None]), 0.0)
         z = z * scale + tl.sum(e, 1)
+        if LOGPROBS:
+            scale1 = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_new))
+            z1 = z1 * scale1 + tl.sum(tl.where(finite, tl.exp(x - m_new[:, None]), 0.0), 1)
         m = m_new
         kmin = tl.minimum(kmin, tl.min(tl.where(mask, _order_key(x), 2147483647), 1))
 
@@ -113,59 +165,57 @@ def _top_p_sample_kernel(
         count_bad_rows(err_ptr, bad, rows)
     sample = valid & ~greedy & ~bad
 
-    # threshold search: cond(K) = mass(key >= K) >= top_p * z  OR  count >= top_k;
-    # invariant cond(lo) and not cond(hi); the kept set is key >= lo.
-    use_p = top_p < 1.0
-    kk = tl.where((top_k > 0) & (top_k < V), top_k, V + 1)
-    lo = kmin.to(tl.int64)
-    search = sample & (use_p | (kk <= V))
-    hi = tl.where(search, _order_key(m).to(tl.int64) + 1, lo + 1)
-    target = tl.where(use_p, top_p * z, float("inf"))
-    rounds = tl.zeros([], tl.int32)  # a tensor from the start: loop-carried types must not change
-    while (tl.max(hi - lo, 0) > 1) & (rounds < MAX_ROUNDS):
-        j = tl.arange(0, NUM_PIVOTS) + 1
-        piv = lo[:, None] + ((hi - lo)[:, None] * j[None, :]) // (NUM_PIVOTS + 1)
-        mass = tl.zeros([ROWS, NUM_PIVOTS], tl.float32)
-        cnt = tl.zeros([ROWS, NUM_PIVOTS], tl.int32)
-        for start in range(0, V, BLOCK):
-            idx = start + offs
-            x, mask, _ = _load_rows(row_ptrs, rmask, idx, V)
-            key = _order_key(x).to(tl.int64)
-            e = tl.where(mask & (x > float("-inf")), tl.exp((x - m[:, None]) * inv_t[:, None]), 0.0)
-            ge = (key[:, None, :] >= piv[:, :, None]) & mask[:, None, :]
-            mass += tl.sum(tl.where(ge, e[:, None, :], 0.0), 2)
-            cnt += tl.sum(ge.to(tl.int32), 2)
-        ok = (mass >= target[:, None]) | (cnt >= kk[:, None])
-        lo = tl.maximum(lo, tl.max(tl.where(ok, piv, lo[:, None]), 1))
-        hi = tl.minimum(hi, tl.min(tl.where(ok, hi[:, None], piv), 1))
-        rounds += 1
+    # top-k: the k-th largest key (count >= k), and zk = the kept mass above it
+    kk = tl.where((top_k > 0) & (top_k < V), top_k, V + 1).to(tl.int32)
+    k_lo = kmin.to(tl.int64)
+    k_hi = tl.where(sample & (kk <= V), _order_key(m).to(tl.int64) + 1, k_lo + 1)
+    no_mass = tl.full([ROWS], float("inf"), tl.float32)
+    k_lo, zk = _search(row_ptrs, rmask, V, m, inv_t, k_lo, k_hi, z, no_mass, kk,
+                       ROWS, BLOCK, NUM_PIVOTS, MAX_ROUNDS)  # fmt: skip
+    # top-p inside the top-k set: mass(key >= K) >= top_p * zk (renormalised top-k)
+    p_hi = tl.where(sample & (top_p < 1.0), _order_key(m).to(tl.int64) + 1, k_lo + 1)
+    no_count = tl.full([ROWS], 2147483647, tl.int32)
+    lo, zp = _search(row_ptrs, rmask, V, m, inv_t, k_lo, p_hi, zk, top_p * zk, no_count,
+                     ROWS, BLOCK, NUM_PIVOTS, MAX_ROUNDS)  # fmt: skip
+    if HAS_MIN_P:
+        min_p = tl.load(min_p_ptr + rows, mask=valid, other=0.0).to(tl.float32)
+        log_min_p = tl.where(min_p > 0.0, tl.log(tl.maximum(min_p, 1e-38)), float("-inf"))
+    else:
+        log_min_p = tl.full([ROWS], float("-inf"), tl.float32)
 
     # sampling pass: Gumbel-max over kept tokens, Philox keyed on (seed, offset, token)
     seed = tl.load(seeds_ptr + rows, mask=valid, other=0)
-    r0, r1, _, _ = tl.randint4x(seed, tl.load(offsets_ptr + rows, mask=valid, other=0))
+    r0, r1, r2, r3 = tl.randint4x(seed, tl.load(offsets_ptr + rows, mask=valid, other=0))
     row_seed = ((r0.to(tl.uint64) << 32) | r1.to(tl.uint64))[:, None]
     best = tl.full([ROWS], float("-inf"), tl.float32)
     pick = arg
     for start in range(0, V, BLOCK):
         idx = start + offs
-        x, mask, _ = _load_rows(row_ptrs, sample[:, None], idx, V)
-        keep = mask & (_order_key(x).to(tl.int64) >= lo[:, None]) & (x > float("-inf"))
+        xs, smask, snan = _load_rows(row_ptrs, sample[:, None], idx, V)
+        logit = (xs - m[:, None]) * inv_t[:, None]
+        keep = smask & (_order_key(xs).to(tl.int64) >= lo[:, None]) & (xs > float("-inf"))
+        keep = keep & (logit >= log_min_p[:, None])
         u = tl.rand(row_seed, idx[None, :] + tl.zeros([ROWS, BLOCK], tl.int32))
         g = -tl.log(-tl.log(u))
-        score = tl.where(keep, (x - m[:, None]) * inv_t[:, None] + g, float("-inf"))
+        score = tl.where(keep, logit + g, float("-inf"))
         bs = tl.max(score, 1)
         bi = tl.min(tl.where(score == bs[:, None], idx[None, :], V), 1)
         pick = tl.where(bs > best, bi, pick)
         best = tl.maximum(best, bs)
     token = tl.where(sample, pick, arg)  # greedy and bad rows keep the argmax
+    if LOGPROBS:
+        # log-softmax of the raw logits at the drawn token: one more load, no extra pass
+        x_tok = tl.load(logits_ptr + rows.to(tl.int64) * stride_row + token, mask=valid, other=0.0)
+        lp = x_tok.to(tl.float32) - m - tl.log(z1)
+        tl.store(logprobs_ptr + rows, tl.where(valid & ~bad, lp, float("nan")), mask=in_grid)
     token = tl.where(valid, token, -1)
     tl.store(out_ptr + rows, token.to(out_ptr.dtype.element_ty), mask=in_grid)
 
 
 def _tile(S: int, V: int) -> tuple[int, int]:
     """(rows per program, vocab block)."""
-    if not rt.interpreting():
-        return 1, min(rt.next_pow2(V), 1024)
+    if rt.gpu_tiles():
+        return 1, min(rt.next_pow2(V), 512)
     block = min(rt.next_pow2(V), 4096)
     rows = max(1, min(rt.next_pow2(S), (1 << 18) // (block * _num_pivots(V)) or 1, 64))
     return rows, block
@@ -180,17 +230,41 @@ def _check_param(name: str, t: torch.Tensor, S: int, dtypes: tuple) -> None:
         raise ValueError(f"{name} must be contiguous")
 
 
-def _check_values(temperature, top_p, top_k, num_valid: int) -> None:
-    n = num_valid
-    for name, t, bad in (
-        ("temperature", temperature, lambda v: ~torch.isfinite(v) | (v < 0)),
-        ("top_p", top_p, lambda v: ~torch.isfinite(v) | (v <= 0) | (v > 1)),
-        ("top_k", top_k, lambda v: v < 0),
-    ):
-        rows = torch.nonzero(bad(t[:n].float() if name != "top_k" else t[:n])).flatten()
+_VALUE_RULES = {
+    "temperature": ("finite and >= 0", lambda v: ~torch.isfinite(v) | (v < 0)),
+    "top_p": ("in (0, 1]", lambda v: ~torch.isfinite(v) | (v <= 0) | (v > 1)),
+    "top_k": (">= 0", lambda v: v < 0),
+    "min_p": ("in [0, 1]", lambda v: ~torch.isfinite(v) | (v < 0) | (v > 1)),
+}
+
+
+def _check_values(params: dict[str, torch.Tensor], num_valid: int) -> None:
+    """Host-side range check of the live rows (reads device values: a sync)."""
+    for name, t in params.items():
+        rule, bad = _VALUE_RULES[name]
+        rows = torch.nonzero(bad(t[:num_valid])).flatten()
         if rows.numel():
             r = int(rows[0])
-            raise ValueError(f"{name}[{r}] = {t[r].item()} is out of range")
+            raise ValueError(f"{name}[{r}] = {t[r].item()} is out of range (must be {rule})")
+
+
+def _num_valid(num_valid: Any, S: int, device: torch.device, fallback: torch.Tensor):
+    """(tensor read by the kernel, int, read-from-pointer flag)."""
+    if isinstance(num_valid, bool) or not isinstance(num_valid, int):
+        nv_t = rt.to_torch(num_valid, "num_valid")
+        if nv_t.numel() != 1 or nv_t.dtype != torch.int32 or nv_t.device != device:
+            raise ValueError(f"num_valid tensor must be one int32 element on {device}")
+        return nv_t, 0, True
+    if not 0 <= num_valid <= S:
+        raise ValueError(f"num_valid = {num_valid} outside [0, {S}]")
+    return fallback, num_valid, False
+
+
+def _output(x: Any, name: str, S: int, dtypes: tuple, lg: torch.Tensor) -> torch.Tensor:
+    t = rt.to_torch(x, name)
+    _check_param(name, t, S, dtypes)
+    rt.same_device({"logits": lg, name: t})
+    return t
 
 
 def top_p_sample(
@@ -204,22 +278,28 @@ def top_p_sample(
     out: Any = None,
     error_counter: Any = None,
     *,
+    min_p: Any = None,
+    logprobs: Any = None,
     check_values: bool | None = None,
 ) -> Any:
     """Sample one token per row of ``logits`` [S, V]; rows >= num_valid get -1.
 
     Parameters
     ----------
-    temperature, top_p, top_k : [S] per-row parameters (0 temperature = greedy,
-        0 top_k = off). The kept set is the top_k highest logits intersected with the
-        smallest nucleus whose mass reaches top_p (ties at either threshold kept).
+    temperature, top_p, top_k : [S] per-row parameters (temperature 0 = greedy, top_k 0
+        or >= V = off, top_p 1 = off). Rule: top-k, renormalise, then the smallest
+        nucleus reaching top_p (see the module docstring); ties at both thresholds kept.
     seeds, offsets : [S] int64; Philox is keyed on (seed, offset) per row.
     num_valid : Python int or a device int32 tensor of one element.
     out : optional [S] int64/int32 output (no allocation then: graph-capturable).
     error_counter : optional int32 [2] (count, first row) bumped for rows with NaN or
         no finite logit; those rows still get an in-range token (their argmax).
-    check_values : read parameter values on the host to range-check them (a sync);
-        default: on unless the current CUDA stream is capturing a graph.
+    min_p : optional [S] float32 in [0, 1] (0 = off): drop tokens whose probability is
+        below min_p x the largest, applied after top-k and top-p.
+    logprobs : optional [S] float32 output: log-softmax of the raw logits (temperature
+        1, no filter) at the sampled token; NaN for padded and NaN/no-finite rows.
+    check_values : range-check parameter values on the host (a device sync); default:
+        on unless the framework owning ``logits`` is capturing a CUDA graph.
     Returns ``out`` (same framework as ``logits``).
     """
     lg = rt.to_torch(logits, "logits")
@@ -232,46 +312,35 @@ def top_p_sample(
     S, V = lg.shape
     if V == 0:
         raise ValueError("logits has an empty vocabulary")
-    ts = {
-        n: rt.to_torch(x, n)
-        for n, x in (
-            ("temperature", temperature),
-            ("top_p", top_p),
-            ("top_k", top_k),
-            ("seeds", seeds),
-            ("offsets", offsets),
-        )
+    spec = {
+        "temperature": (temperature, (torch.float32,)),
+        "top_p": (top_p, (torch.float32,)),
+        "top_k": (top_k, (torch.int32, torch.int64)),
+        "seeds": (seeds, (torch.int64,)),
+        "offsets": (offsets, (torch.int64,)),
     }
-    _check_param("temperature", ts["temperature"], S, (torch.float32,))
-    _check_param("top_p", ts["top_p"], S, (torch.float32,))
-    _check_param("top_k", ts["top_k"], S, (torch.int32, torch.int64))
-    _check_param("seeds", ts["seeds"], S, (torch.int64,))
-    _check_param("offsets", ts["offsets"], S, (torch.int64,))
+    if min_p is not None:
+        spec["min_p"] = (min_p, (torch.float32,))
+    ts = {}
+    for name, (x, dtypes) in spec.items():
+        ts[name] = rt.to_torch(x, name)
+        _check_param(name, ts[name], S, dtypes)
     device = rt.same_device({"logits": lg, **ts})
-
-    if isinstance(num_valid, bool) or not isinstance(num_valid, int):
-        nv_t = rt.to_torch(num_valid, "num_valid")
-        if nv_t.numel() != 1 or nv_t.dtype != torch.int32 or nv_t.device != device:
-            raise ValueError(f"num_valid tensor must be one int32 element on {device}")
-        nv_int, from_ptr = 0, True
-    else:
-        if not 0 <= num_valid <= S:
-            raise ValueError(f"num_valid = {num_valid} outside [0, {S}]")
-        nv_t, nv_int, from_ptr = ts["seeds"], num_valid, False
+    nv_t, nv_int, from_ptr = _num_valid(num_valid, S, device, ts["seeds"])
 
     if out is None:
         out_t, out = rt.new_output((S,), torch.int64, device, logits)
     else:
-        out_t = rt.to_torch(out, "out")
-        _check_param("out", out_t, S, (torch.int64, torch.int32))
-        rt.same_device({"logits": lg, "out": out_t})
+        out_t = _output(out, "out", S, (torch.int64, torch.int32), lg)
+    lp_t = None if logprobs is None else _output(logprobs, "logprobs", S, (torch.float32,), lg)
     err = rt.check_error_counter(error_counter, device)
 
     if check_values is None:
-        check_values = not rt.capturing(device)
+        check_values = not rt.capturing(logits)
     if check_values:
         n = nv_int if not from_ptr else int(nv_t.item())
-        _check_values(ts["temperature"], ts["top_p"], ts["top_k"], min(max(n, 0), S))
+        names = ("temperature", "top_p", "top_k", "min_p")
+        _check_values({k: ts[k] for k in names if k in ts}, min(max(n, 0), S))
     if S == 0:
         return out
     rows, block = _tile(S, V)
@@ -281,21 +350,28 @@ def top_p_sample(
             ts["temperature"],
             ts["top_p"],
             ts["top_k"],
+            ts.get("min_p", ts["temperature"]),
             ts["seeds"],
             ts["offsets"],
             nv_t,
             nv_int,
             out_t,
+            lp_t if lp_t is not None else ts["temperature"],
             err if err is not None else out_t,
             S,
             V,
             lg.stride(0),
             NUM_VALID_FROM_PTR=from_ptr,
+            HAS_MIN_P="min_p" in ts,
+            LOGPROBS=lp_t is not None,
             HAS_ERR=err is not None,
             ROWS=rows,
             BLOCK=block,
             NUM_PIVOTS=_num_pivots(V),
             MAX_ROUNDS=MAX_ROUNDS,
             num_warps=8,
+            # ptxas's sm_80 heuristic otherwise caps some variants at 64 registers and
+            # spills; 128 still fits two 256-thread programs per SM (the compile gate checks)
+            maxnreg=128,
         )
     return out

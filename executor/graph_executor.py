@@ -46,15 +46,17 @@ class GraphExecutor:
         if hasattr(model, "bind"):
             model.bind(self.backend, scheduler_config)
         self.buffers = StaticBuffers(self.backend, scheduler_config)
-        S = scheduler_config.max_num_seqs
+        S, V = scheduler_config.max_num_seqs, scheduler_config.vocab_size
         self.tokens = self.backend.empty((S,), "int64")  # sampler output, static
+        self.logprobs = self.backend.empty((S,), "float32")  # sampled tokens' logprobs
+        # one logits buffer for every bucket: the sampler and diagnosis read it
+        self.logits = self.backend.empty((S, V), "float32")
         self.use_cuda_graph = use_cuda_graph and self.backend.is_cuda
         if use_cuda_graph and not self.backend.is_cuda:
             log.info("CUDA graphs need a GPU: %s runs eager", self.backend.device)
         self.graphs: dict[int, Graph] = {}
         self.graph_memory: dict[int, int] = {}  # bucket -> bytes its capture took
         self.skipped_buckets: list[int] = []
-        self._logits: dict[int, Any] = {}
         self._pool = None
         self.replays: Counter[int] = Counter()
         self.eager_runs: Counter[int] = Counter()
@@ -62,10 +64,9 @@ class GraphExecutor:
     # ---- one step, the code every path shares --------------------------------
     def _forward_and_sample(self, bucket: int) -> None:
         b = self.buffers
-        logits = self.model.forward(b.view(bucket))
-        self._logits[bucket] = logits  # kept for diagnosis (graph memory stays valid)
+        self.backend.copy(self.logits, self.model.forward(b.view(bucket)))
         top_p_sample(
-            logits,
+            self.logits,
             b.temperature,
             b.top_p,
             b.top_k,
@@ -74,7 +75,9 @@ class GraphExecutor:
             b.num_valid,
             out=self.tokens,
             error_counter=b.errors["sampler"],
-            check_values=False,
+            min_p=b.min_p,
+            logprobs=self.logprobs,
+            check_values=False,  # the descriptor was validated on the host
         )
 
     # ---- capture --------------------------------------------------------------
@@ -119,14 +122,17 @@ class GraphExecutor:
         for _ in range(WARMUP_RUNS):
             self._forward_and_sample(bucket)
         self.backend.synchronize()
-        before = self.backend.allocated_bytes() or 0
+        # Graph pools count in reserved, not allocated, memory; capture empties the
+        # cache on entry, so empty it first or the NVML delta is understated.
+        self.backend.release_cached()
+        before = self.backend.reserved_bytes() or 0
         nvml_before = self.tracker.snapshot() if self.tracker is not None else None
         with nvtx_range(f"capture:{bucket}"):
             self.graphs[bucket] = self.backend.capture(
                 lambda: self._forward_and_sample(bucket), self._pool
             )
         self.backend.synchronize()
-        taken = max(0, (self.backend.allocated_bytes() or 0) - before)
+        taken = max(0, (self.backend.reserved_bytes() or 0) - before)
         if nvml_before is not None:
             delta = self.tracker.snapshot() - nvml_before
             taken = max(taken, delta.process_used, delta.used)
@@ -153,16 +159,17 @@ class GraphExecutor:
             self.eager_runs[bucket] += 1
         with nvtx_range("sample:readback", color="purple"):
             sampled = self.backend.to_numpy(self.tokens).astype(np.int64)
+            logprobs = self.backend.to_numpy(self.logprobs)
             errors = self.buffers.read_errors()
         t2 = time.perf_counter()
-        return self._finish(d, sampled, errors, graph is not None, t1 - t0, t2 - t1)
+        return self._finish(d, sampled, logprobs, errors, graph is not None, t1 - t0, t2 - t1)
 
-    def _finish(self, d, sampled, errors, replayed, prep, dev) -> StepOutput:
+    def _finish(self, d, sampled, logprobs, errors, replayed, prep, dev) -> StepOutput:
         sampled[d.num_seqs :] = -1
         sampled[: d.num_seqs][~d.sample_mask[: d.num_seqs]] = -1
         nonfinite: list[str] = []
         if errors["sampler"][0]:
-            logits = self.backend.to_numpy(self._logits[d.token_capacity])
+            logits = self.backend.to_numpy(self.logits)
             for r in nonfinite_rows(logits, d.num_seqs):
                 nonfinite.append(d.request_ids[r])
                 sampled[r] = -1
@@ -179,6 +186,9 @@ class GraphExecutor:
             bucket=d.token_capacity,
             replayed=replayed,
             nonfinite_request_ids=tuple(nonfinite),
+            logprobs={
+                rid: float(logprobs[r]) for r, rid in enumerate(d.request_ids) if sampled[r] >= 0
+            },
             prepare_s=prep,
             device_s=dev,
         )

@@ -1,8 +1,10 @@
 """Static (graph-captured) input buffers: the only code that writes them.
 
-Every buffer is allocated once at full capacity, so captured graphs keep valid
-addresses, and ``load`` rewrites every row of every buffer each step -- padding and
-sampling parameters included -- so nothing from an earlier, larger batch survives.
+Every buffer is a typed view into one device byte buffer allocated once at full
+capacity, so captured graphs keep valid addresses, and ``load`` rewrites every row of
+every buffer each step -- padding and sampling parameters included -- so nothing from
+an earlier, larger batch survives. The host stages all fields in one byte buffer
+(pinned on torch) and the step costs one host-to-device copy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from graphbatch.scheduler.descriptor import FIELD_DTYPES, PAD_VALUES, TOKEN_FIEL
 from .backends import Backend
 
 INT32_MAX = 2**31 - 1
+ALIGN = 64  # bytes: every field starts aligned (vector loads, Triton's 16-divisibility)
 # Device error counters, one (count, first row) pair per bounds check.
 CHECKS = ("input_ids", "positions", "slot_mapping", "block_tables", "logits_indices", "sampler")
 EXTRA_DTYPES = {
@@ -57,12 +60,20 @@ class StaticBuffers:
             errors=(len(CHECKS), 2),
         )
         dtypes = {**FIELD_DTYPES, **EXTRA_DTYPES}
+        offsets, total = {}, 0
+        for name, shape in shapes.items():
+            offsets[name] = total
+            nbytes = int(np.prod(shape)) * dtypes[name].itemsize
+            total += -(-nbytes // ALIGN) * ALIGN
+        self._device_bytes = backend.empty((total,), "uint8")
+        self._host_bytes, host = backend.staging((total,), np.dtype(np.uint8))
         self.device: dict[str, Any] = {}
-        self._host: dict[str, Any] = {}
         self.host: dict[str, np.ndarray] = {}
         for name, shape in shapes.items():
-            self.device[name] = backend.empty(shape, dtypes[name])
-            self._host[name], self.host[name] = backend.staging(shape, dtypes[name])
+            o, dt = offsets[name], dtypes[name]
+            self.device[name] = backend.typed_view(self._device_bytes, o, shape, dt)
+            n = int(np.prod(shape)) * dt.itemsize
+            self.host[name] = host[o : o + n].view(dt).reshape(shape)
         self.errors = {c: self.device["errors"][i] for i, c in enumerate(CHECKS)}
         self.load_padding()
 
@@ -89,7 +100,7 @@ class StaticBuffers:
         self._flush()
 
     def load(self, d: BatchDescriptor) -> None:
-        """Rewrite every row of every buffer from ``d`` (one copy per field)."""
+        """Rewrite every row of every buffer from ``d`` (one copy for all fields)."""
         cfg, h = self.config, self.host
         T = d.token_capacity
         if T > cfg.max_num_batched_tokens:
@@ -116,8 +127,7 @@ class StaticBuffers:
     def _flush(self) -> None:
         self.host["errors"][:, 0] = 0
         self.host["errors"][:, 1] = INT32_MAX
-        for name, dev in self.device.items():
-            self.backend.copy_to_device(dev, self._host[name])
+        self.backend.copy_to_device(self._device_bytes, self._host_bytes)
 
     def view(self, num_tokens: int) -> ModelInputs:
         d = self.device

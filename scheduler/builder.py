@@ -31,12 +31,14 @@ def build_descriptor(
     block_tables = _padded("block_tables", (S, MB))
     temperature, top_p = _padded("temperature", (S,)), _padded("top_p", (S,))
     top_k, seeds = _padded("top_k", (S,)), _padded("seeds", (S,))
+    min_p = _padded("min_p", (S,))
     for i, (seq, _, _) in enumerate(chunks):
         block_tables[i, : seq.block_ids.shape[0]] = seq.block_ids
     sp = [(c[0].sampling, c[0].seed) for c in chunks]
     temperature[:n] = [p.temperature for p, _ in sp]
     top_p[:n] = [p.top_p for p, _ in sp]
     top_k[:n] = [p.top_k for p, _ in sp]
+    min_p[:n] = [p.min_p for p, _ in sp]
     seeds[:n] = [s for _, s in sp]
 
     seq_of_token = np.repeat(np.arange(n), counts)
@@ -75,6 +77,7 @@ def build_descriptor(
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
+        min_p=min_p,
         seeds=seeds,
         num_tokens=num_tokens,
         num_seqs=n,

@@ -22,6 +22,7 @@ FIELD_DTYPES: dict[str, np.dtype] = {
     "temperature": np.dtype(np.float32),
     "top_p": np.dtype(np.float32),
     "top_k": np.dtype(np.int32),
+    "min_p": np.dtype(np.float32),
     "seeds": np.dtype(np.int64),
 }
 TOKEN_FIELDS = ("input_ids", "positions", "slot_mapping")
@@ -39,6 +40,7 @@ PAD_VALUES: dict[str, float | int | bool] = {
     "temperature": 1.0,
     "top_p": 1.0,
     "top_k": 0,
+    "min_p": 0.0,
     "seeds": 0,
 }
 
@@ -71,6 +73,7 @@ class BatchDescriptor:
     temperature: np.ndarray  # [S] float32
     top_p: np.ndarray  # [S] float32
     top_k: np.ndarray  # [S] int32
+    min_p: np.ndarray  # [S] float32 (0 = off)
     seeds: np.ndarray  # [S] int64
     num_tokens: int
     num_seqs: int

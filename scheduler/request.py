@@ -7,16 +7,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MAX_SEED = 2**63 - 1
+MAX_TOP_K = 2**31 - 1  # the descriptor stores top_k as int32
+FLOAT32_MAX = 3.4028234663852886e38  # temperature is stored as float32
+MIN_TOP_P = 1.1754943508222875e-38  # smallest normal float32: a smaller top_p rounds to 0
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling: temperature 0 is greedy, top_k 0 is off."""
+    """Per-request sampling: temperature 0 is greedy, top_k 0 is off, min_p 0 is off.
+
+    Applied in this order (vLLM / HF / FlashInfer ``top_k_first``): temperature, top_k,
+    top_p over the renormalised top-k distribution, then min_p against the most likely
+    token. Every accepted value fits the descriptor's float32/int32 fields exactly.
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    min_p: float = 0.0
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -26,17 +35,21 @@ class SamplingParams:
     def problems(self) -> list[str]:
         """Every invalid field, as messages naming field and value."""
         out: list[str] = []
-        for name in ("temperature", "top_p"):
+        numbers = ("temperature", "top_p", "min_p")
+        for name in numbers:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 out.append(f"{name} must be a finite number, got {v!r}")
         if not out:
-            if self.temperature < 0:
-                out.append(f"temperature must be >= 0, got {self.temperature}")
-            if not 0 < self.top_p <= 1:
-                out.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            out.append(f"top_k must be an int >= 0, got {self.top_k!r}")
+            if not 0 <= self.temperature <= FLOAT32_MAX:
+                out.append(f"temperature must be in [0, {FLOAT32_MAX:.4g}], got {self.temperature}")
+            if not MIN_TOP_P <= self.top_p <= 1:
+                out.append(f"top_p must be in [{MIN_TOP_P:.4g}, 1], got {self.top_p}")
+            if not 0 <= self.min_p <= 1:
+                out.append(f"min_p must be in [0, 1], got {self.min_p}")
+        k = self.top_k
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_TOP_K:
+            out.append(f"top_k must be an int in [0, 2**31 - 1], got {k!r}")
         seed = self.seed
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED

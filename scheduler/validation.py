@@ -100,6 +100,7 @@ def _check_sampling(d: BatchDescriptor) -> None:
         "temperature": ~np.isfinite(d.temperature) | (d.temperature < 0),
         "top_p": ~np.isfinite(d.top_p) | (d.top_p <= 0) | (d.top_p > 1),
         "top_k": d.top_k < 0,
+        "min_p": ~np.isfinite(d.min_p) | (d.min_p < 0) | (d.min_p > 1),
         "seeds": d.seeds < 0,
     }
     for field, bad in checks.items():

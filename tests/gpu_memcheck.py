@@ -36,16 +36,20 @@ def main() -> int:
     ex.capture()
     rng = np.random.default_rng(0)
     sched = PrefillScheduler(cfg)
-    # big, small, big again: every bucket size change is a chance to read stale rows
-    lens = [500, 3, 1, 250, 17, 2, 400, 5, 90, 1, 300, 64]
-    for i, n in enumerate(lens):
-        sched.add_request(
-            Request(
-                f"r{i}",
-                rng.integers(0, 1024, n).tolist(),
-                SamplingParams(temperature=0.8, top_p=0.9, top_k=i % 3),
+    # Waves of 1..5 requests at once: batches of several sequences, big and small, so
+    # every change of bucket and of row count is a chance to read a stale row.
+    waves = [[500], [3, 1, 250], [17, 2, 400, 5, 90], [1], [300, 64, 7, 2], [129, 33]]
+    i = 0
+    for wave in waves:
+        for n in wave:
+            sched.add_request(
+                Request(
+                    f"r{i}",
+                    rng.integers(0, 1024, n).tolist(),
+                    SamplingParams(temperature=0.8, top_p=0.9, top_k=i % 3, min_p=0.02 * (i % 2)),
+                )
             )
-        )
+            i += 1
         while (d := sched.schedule()) is not None:
             out = ex.execute(d)
             if np.any(out.sampled[: d.num_seqs][d.sample_mask[: d.num_seqs]] >= 1024):

@@ -49,6 +49,15 @@ class Backend(ABC):
         """Copy a staging buffer into ``dst`` in place (same address afterwards)."""
 
     @abstractmethod
+    def typed_view(self, buf: Any, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """View of bytes [offset, offset + size) of the uint8 tensor ``buf`` as
+        ``dtype``/``shape``: same memory, so one copy into ``buf`` fills every view."""
+
+    @abstractmethod
+    def copy(self, dst: Any, src: Any) -> None:
+        """Device-to-device copy into ``dst`` in place (capturable)."""
+
+    @abstractmethod
     def to_numpy(self, t: Any) -> np.ndarray: ...
 
     @abstractmethod
@@ -67,6 +76,14 @@ class Backend(ABC):
     def allocated_bytes(self) -> int | None:
         """Framework allocator's bytes in use on the device (None when unknown)."""
         return None
+
+    def reserved_bytes(self) -> int | None:
+        """Bytes the framework's allocator holds from the driver, graph pools included
+        (None when unknown)."""
+        return None
+
+    def release_cached(self) -> None:  # noqa: B027  (optional hook: CPU has no cache)
+        """Return the allocator's unused cached blocks to the driver (no-op on CPU)."""
 
     # model math ------------------------------------------------------------------
     @abstractmethod

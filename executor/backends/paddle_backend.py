@@ -67,8 +67,22 @@ class PaddleBackend(Backend):
 
     def copy_to_device(self, dst, host):
         # set_value writes into ``dst`` in place (a captured graph keeps its address).
-        # Not paddle.assign: it rounds int64 above 2^53 (seeds) through a float.
+        # The executor stages raw bytes: no dtype conversion can round a value.
         dst.set_value(host)
+
+    def typed_view(self, buf, offset, shape, dtype):
+        # Paddle's own slice + view(dtype) does not alias at an offset (measured on
+        # 3.3.1): cut the view in torch and hand it back through DLPack, once, at setup.
+        import torch
+        from graphbatch.kernels._runtime import to_torch
+
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        t = to_torch(buf, "buffer")[offset : offset + n]
+        view = t.view(getattr(torch, np.dtype(dtype).name)).view(shape)
+        return self.paddle.from_dlpack(torch.utils.dlpack.to_dlpack(view))
+
+    def copy(self, dst, src):
+        self.paddle.assign(src, output=dst)
 
     def to_numpy(self, t):
         return t.numpy()
@@ -81,7 +95,12 @@ class PaddleBackend(Backend):
             self.paddle.device.synchronize()
 
     def graph_pool(self):
-        return None  # each paddle graph gets its own pool
+        if not self.is_cuda:
+            return None
+        from paddle.base.core import CUDAGraph as CoreCUDAGraph
+
+        # one pool id shared by every capture, as torch's graph_pool_handle()
+        return CoreCUDAGraph.gen_new_memory_pool_id()
 
     def capture(self, fn: Callable[[], Any], pool: Any) -> Graph:
         from paddle.device.cuda.graphs import CUDAGraph
@@ -98,6 +117,15 @@ class PaddleBackend(Backend):
         if not self.is_cuda:
             return None
         return int(self.paddle.device.cuda.memory_allocated())
+
+    def reserved_bytes(self):
+        if not self.is_cuda:
+            return None
+        return int(self.paddle.device.cuda.memory_reserved())
+
+    def release_cached(self):
+        if self.is_cuda:
+            self.paddle.device.cuda.empty_cache()
 
     def rsqrt(self, x):
         return self.paddle.rsqrt(x)

@@ -66,6 +66,13 @@ class TorchBackend(Backend):
     def copy_to_device(self, dst, host):
         dst.copy_(host, non_blocking=True)
 
+    def typed_view(self, buf, offset, shape, dtype):
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return buf[offset : offset + n].view(self._dtype(dtype)).view(shape)
+
+    def copy(self, dst, src):
+        dst.copy_(src)
+
     def to_numpy(self, t):
         return t.detach().cpu().numpy()
 
@@ -87,6 +94,14 @@ class TorchBackend(Backend):
 
     def allocated_bytes(self):
         return int(self.torch.cuda.memory_allocated(self._device)) if self.is_cuda else None
+
+    def reserved_bytes(self):
+        # a graph's private pool counts here, not in memory_allocated
+        return int(self.torch.cuda.memory_reserved(self._device)) if self.is_cuda else None
+
+    def release_cached(self):
+        if self.is_cuda:
+            self.torch.cuda.empty_cache()
 
     def rsqrt(self, x):
         return self.torch.rsqrt(x)

@@ -51,37 +51,43 @@ def setup(H=2, HKV=2, D=16, prompts=(5, 19, 1), chunk_first=True):
     return d, q, kc, vc
 
 
-def call(d, q, kc, vc, err=None):
-    t = torch.from_numpy
-    return paged_attention(
-        t(q),
-        t(kc),
-        t(vc),
-        t(d.block_tables),
-        t(d.query_start_loc),
-        t(d.seq_lens),
-        t(d.positions),
-        d.block_size,
-        0.25,
-        error_counter=err,
-    ).numpy()
+def call(d, q, kc, vc, err=None, device="cpu"):
+    def t(a):
+        return torch.from_numpy(a).to(device)
+
+    return (
+        paged_attention(
+            t(q),
+            t(kc),
+            t(vc),
+            t(d.block_tables),
+            t(d.query_start_loc),
+            t(d.seq_lens),
+            t(d.positions),
+            d.block_size,
+            0.25,
+            error_counter=err,
+        )
+        .cpu()
+        .numpy()
+    )
 
 
 @pytest.mark.parametrize("H,HKV", [(2, 2), (4, 1)])
 @pytest.mark.parametrize("prompts,chunk", [((5, 19, 1), False), ((40, 3), True), ((1,), False)])
-def test_matches_reference(H, HKV, prompts, chunk):
+def test_matches_reference(device, H, HKV, prompts, chunk):
     d, q, kc, vc = setup(H, HKV, prompts=prompts, chunk_first=chunk)
-    got, exp = call(d, q, kc, vc), ref_attention(q, kc, vc, d, 0.25)
+    got, exp = call(d, q, kc, vc, device=device), ref_attention(q, kc, vc, d, 0.25)
     np.testing.assert_allclose(got, exp, atol=ATOL, rtol=1e-4)
     assert np.all(got[d.num_tokens :] == 0)  # padding tokens read nothing
 
 
-def test_bad_block_id_is_redirected_and_counted():
+def test_bad_block_id_is_redirected_and_counted(device):
     d, q, kc, vc = setup(prompts=(5, 19, 1), chunk_first=False)
     exp = ref_attention(q, kc, vc, d, 0.25)
     d.block_tables[1, 2] = 10**6  # request r1, tokens at positions 8..11 onwards use it
-    err = new_error_counter()
-    got = call(d, q, kc, vc, err)
+    err = new_error_counter(device)
+    got = call(d, q, kc, vc, err, device=device)
     assert np.isfinite(got).all()
     first_bad = d.query_start_loc[1] + 8
     assert err.tolist() == [19 - 8, first_bad]

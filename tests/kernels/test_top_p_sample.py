@@ -9,37 +9,57 @@ from graphbatch.kernels import new_error_counter, top_p_sample
 
 INT32_MAX = 2**31 - 1
 # The kernel sums probability mass in fp32 in vocabulary order; the reference in fp64
-# after a sort. A token at the nucleus boundary may flip within this much mass.
+# after a sort. A token at the nucleus boundary may flip within this much mass, and a
+# token at the min_p boundary within this much of min_p.
 NUCLEUS_MASS_TOL = 1e-4
-TV_TOL = 0.04  # total-variation distance allowed between sample and reference frequencies
-NUM_DRAWS = 4096
+MIN_P_TOL = 1e-5
+NUM_DRAWS = 4096  # draws per parameter set in the distribution checks
+NULL_QUANTILE = 0.999  # TV bound: this quantile of TV for exact multinomial draws
+NULL_TRIALS = 2000
+LOGPROB_ATOL = 2e-5  # fp32 log-sum-exp over <= 4097 logits vs fp64
 
 
-def ref_kept(logits: np.ndarray, temperature: float, top_p: float, top_k: int) -> np.ndarray:
-    """Boolean mask of the tokens the sampler may return for one row."""
+def ref_kept(logits, temperature, top_p, top_k, min_p=0.0) -> np.ndarray:
+    """Tokens the peers' rule may return for one row (vLLM apply_top_k_top_p, HF TopK ->
+    TopP -> MinP warpers, FlashInfer top_k_first): top-k with ties kept, renormalise,
+    smallest nucleus reaching top_p (crossing token and ties kept), min_p vs the max."""
     x = logits.astype(np.float64)
     V = x.shape[0]
     if temperature == 0:
         return x == x.max()
     x = x / temperature
-    p = np.exp(x - x.max())
-    p /= p.sum()
-    thr = -np.inf
+    keep = x > -np.inf
     if 0 < top_k < V:
-        thr = max(thr, np.sort(x)[::-1][top_k - 1])
+        keep &= x >= np.sort(x)[::-1][top_k - 1]
     if top_p < 1:
+        p = np.where(keep, np.exp(x - x.max()), 0.0)
+        p /= p.sum()
         order = np.argsort(-x, kind="stable")
-        csum = np.cumsum(p[order])
-        cut = min(int(np.searchsorted(csum, top_p)), V - 1)  # first index reaching top_p
-        thr = max(thr, x[order[cut]])
-    return x >= thr
+        cut = min(int(np.searchsorted(np.cumsum(p[order]), top_p)), V - 1)
+        keep &= x >= x[order[cut]]
+    if min_p > 0:
+        keep &= x - x.max() >= np.log(min_p)
+    return keep
 
 
-def ref_probs(logits, temperature, top_p, top_k) -> np.ndarray:
-    keep = ref_kept(logits, temperature, top_p, top_k)
+def ref_kept_intersection(logits, temperature, top_p, top_k, min_p=0.0) -> np.ndarray:
+    """The rule graphbatch had before: top-k set AND the nucleus of the full softmax."""
+    full = ref_kept(logits, temperature, top_p, 0, min_p)
+    return full & ref_kept(logits, temperature, 1.0, top_k, min_p)
+
+
+def ref_probs(logits, temperature, top_p, top_k, min_p=0.0, rule=ref_kept) -> np.ndarray:
+    keep = rule(logits, temperature, top_p, top_k, min_p)
     x = logits.astype(np.float64) / temperature
     p = np.where(keep, np.exp(x - x.max()), 0.0)
     return p / p.sum()
+
+
+def tv_null_bound(ref: np.ndarray, n: int) -> float:
+    """NULL_QUANTILE of the TV distance between ``n`` exact draws from ``ref`` and ref."""
+    rng = np.random.default_rng(1234)
+    draws = rng.multinomial(n, ref, size=NULL_TRIALS) / n
+    return float(np.quantile(0.5 * np.abs(draws - ref).sum(1), NULL_QUANTILE))
 
 
 def run(logits, temperature, top_p, top_k, seeds=None, offsets=None, num_valid=None, **kw):
@@ -48,6 +68,8 @@ def run(logits, temperature, top_p, top_k, seeds=None, offsets=None, num_valid=N
     f = lambda v, dt: torch.as_tensor(v, dtype=dt).expand(S).contiguous().to(dev)  # noqa: E731
     seeds = f(0 if seeds is None else seeds, torch.int64)
     offsets = f(0 if offsets is None else offsets, torch.int64)
+    if kw.get("min_p") is not None:
+        kw["min_p"] = f(kw["min_p"], torch.float32)
     return top_p_sample(
         logits,
         f(temperature, torch.float32),
@@ -61,70 +83,153 @@ def run(logits, temperature, top_p, top_k, seeds=None, offsets=None, num_valid=N
 
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-SHAPES = [(1, 1), (7, 111), (99, 999), (7, 4097)]
+TEMPS = (0.0, 0.3, 1.0, 2.0)
+TOP_PS = (1e-6, 0.3, 0.9, 1.0)
+MIN_PS = (0.0, 0.05, 0.5)
 
 
-@pytest.mark.parametrize(
-    "S,V,dtype",
-    [(S, V, dt) for S, V in SHAPES for dt in FLOATS] + [(1, 128256, torch.float32)],
-)
-def test_samples_inside_reference_set(device, S, V, dtype):
-    g = torch.Generator().manual_seed(S * 7 + V)
-    logits = (torch.randn(S, V, generator=g) * 4).to(dtype).to(device)
-    temps = [0.0, 0.5, 1.0, 2.0]
-    tops = [0.3, 0.9, 1.0]
-    ks = [0, 1, 5]
-    t = torch.tensor([temps[i % 4] for i in range(S)])
-    p = torch.tensor([tops[i % 3] for i in range(S)])
-    k = torch.tensor([ks[(i // 3) % 3] for i in range(S)], dtype=torch.int32)
-    seeds = torch.arange(S, dtype=torch.int64) + 1000
-    out = run(logits, t, p, k, seeds=seeds).cpu().numpy()
-    ref_logits = logits.float().cpu().numpy()
-    for r in range(S):
-        kept = ref_kept(
-            ref_logits[r], float(t[r]), min(1.0, float(p[r]) + NUCLEUS_MASS_TOL), int(k[r])
-        )
+def _grid(V: int) -> list[tuple[float, float, int, float]]:
+    """Every (temperature, top_p, top_k, min_p) of the issue's lists, top_k relative to V."""
+    ks = sorted({1, 5, max(V - 1, 0), V, V + 1, 0})
+    return [(t, p, k, m) for t in TEMPS for p in TOP_PS for k in ks for m in MIN_PS]
+
+
+@pytest.mark.parametrize("V", [1, 5, 111, 999, 4097])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_samples_inside_reference_set(device, V, dtype):
+    grid = _grid(V)
+    S = len(grid)
+    g = torch.Generator().manual_seed(V)
+    logits = (torch.randn(S, V, generator=g) * 3).to(dtype).to(device)
+    t, p, k, m = (torch.tensor(c) for c in zip(*grid, strict=True))
+    out = torch.empty(S, dtype=torch.int64, device=device)
+    lp = torch.empty(S, dtype=torch.float32, device=device)
+    top_p_sample(
+        logits, t.float().to(device), p.float().to(device), k.int().to(device),
+        torch.arange(S, dtype=torch.int64, device=device) + 1000,
+        torch.zeros(S, dtype=torch.int64, device=device), S, out=out,
+        min_p=m.float().to(device), logprobs=lp,
+    )  # fmt: skip
+    out, lp = out.cpu().numpy(), lp.cpu().numpy()
+    x = logits.float().cpu().numpy()
+    for r, (tr, pr, kr, mr) in enumerate(grid):
+        kept = ref_kept(x[r], tr, min(1.0, pr + NUCLEUS_MASS_TOL), kr, max(0.0, mr - MIN_P_TOL))
         assert 0 <= out[r] < V and kept[out[r]], (
-            f"row {r}: token {out[r]} outside reference set (T={t[r]}, p={p[r]}, k={k[r]})"
+            f"row {r}: token {out[r]} outside the reference set (T={tr}, p={pr}, k={kr}, "
+            f"min_p={mr})"
         )
+        ref_lp = x[r, out[r]] - x[r].max() - np.log(np.exp(x[r] - x[r].max()).sum())
+        assert abs(lp[r] - ref_lp) < LOGPROB_ATOL, f"row {r}: logprob {lp[r]} vs {ref_lp}"
 
 
-def _frequencies(device, logits_row, temperature, top_p, top_k):
-    V = logits_row.shape[0]
-    logits = torch.tensor(logits_row, dtype=torch.float32).expand(NUM_DRAWS, V).contiguous()
+@pytest.mark.parametrize("V", [128256, 151552])
+def test_large_vocabulary_support(device, V):
+    g = torch.Generator().manual_seed(V)
+    logits = (torch.randn(2, V, generator=g) * 2).to(device)
+    params = [(0.8, 0.9, 50, 0.05), (1.0, 0.95, 0, 0.0)]
+    out = torch.empty(2, dtype=torch.int64, device=device)
+    for r, (t, p, k, m) in enumerate(params):
+        run(logits[r : r + 1], t, p, k, seeds=r, out=out[r : r + 1], min_p=m)
+    x = logits.cpu().numpy()
+    for r, (t, p, k, m) in enumerate(params):
+        assert ref_kept(x[r], t, p + NUCLEUS_MASS_TOL, k, max(0.0, m - MIN_P_TOL))[out[r]]
+
+
+# Logits chosen so no token sits within NUCLEUS_MASS_TOL of a top-p boundary; two pairs
+# of tied values (1.0 and 0.4) sit where top-k and top-p cut.
+DIST_ROW = np.array(
+    [2.0, 1.5, 1.2, 1.0, 0.4, 0.0, -0.5, -1.0, -2.0, -3.0, 0.9, 0.1, -0.2, 1.0, -4.0, 0.4, 0.6],
+    dtype=np.float32,
+)
+DIST_CASES = [  # (temperature, top_p, top_k, min_p)
+    (1.0, 1.0, 0, 0.0),
+    (0.7, 0.8, 0, 0.0),
+    (1.0, 1.0, 3, 0.0),
+    (1.3, 0.6, 4, 0.0),  # top-k then top-p over the renormalised top-k: the peers' rule
+    (1.0, 0.5, 6, 0.0),
+    (2.0, 0.9, 10, 0.0),
+    (1.0, 0.95, 0, 0.0),
+    (1.0, 1.0, 0, 0.05),
+    (0.3, 1.0, 0, 0.5),
+    (2.0, 0.8, 8, 0.2),
+    (1.0, 1.0, 16, 0.3),
+]
+
+
+def _frequencies(device, cases, row=DIST_ROW) -> list[np.ndarray]:
+    """One launch: NUM_DRAWS rows per case, each row its own Philox offset."""
+    V, n = row.shape[0], NUM_DRAWS
+    S = n * len(cases)
+    cols = [np.repeat(np.array(c, dtype=np.float64), n) for c in zip(*cases, strict=True)]
+    logits = torch.tensor(row).expand(S, V).contiguous().to(device)
     out = (
-        run(logits.to(device), temperature, top_p, top_k, seeds=7, offsets=torch.arange(NUM_DRAWS))
+        run(
+            logits,
+            torch.tensor(cols[0], dtype=torch.float32),
+            torch.tensor(cols[1], dtype=torch.float32),
+            torch.tensor(cols[2], dtype=torch.int32),
+            seeds=7,
+            offsets=torch.arange(S),
+            min_p=torch.tensor(cols[3], dtype=torch.float32),
+        )
         .cpu()
         .numpy()
     )
-    return np.bincount(out, minlength=V) / NUM_DRAWS
+    return [np.bincount(out[i * n : (i + 1) * n], minlength=V) / n for i in range(len(cases))]
 
 
-@pytest.mark.parametrize(
-    "temperature,top_p,top_k",
-    [(1.0, 1.0, 0), (0.7, 0.8, 0), (1.0, 1.0, 3), (1.3, 0.6, 4), (1.0, 0.95, 0)],
-)
-def test_distribution_matches_renormalised_reference(device, temperature, top_p, top_k):
-    # Logits chosen so no token sits within NUCLEUS_MASS_TOL of a top-p boundary.
-    row = np.array(
-        [2.0, 1.5, 1.2, 1.0, 0.4, 0.0, -0.5, -1.0, -2.0, -3.0, 0.9, 0.1, -0.2, 0.3, -4.0, 1.1, 0.6],
-        dtype=np.float32,
-    )
-    freq = _frequencies(device, row, temperature, top_p, top_k)
-    ref = ref_probs(row, temperature, top_p, top_k)
-    assert np.all(freq[ref == 0] == 0), "drew a token outside the kept set"
-    tv = 0.5 * np.abs(freq - ref).sum()
-    assert tv < TV_TOL, (
-        f"TV distance {tv:.4f} >= {TV_TOL}\nfreq={freq.round(3)}\nref={ref.round(3)}"
-    )
+@pytest.fixture(scope="module")
+def dist_freqs() -> list[np.ndarray]:
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return _frequencies(dev, DIST_CASES)
 
 
-def test_distribution_check_can_fail(device):
-    # The same check rejects a wrong temperature: guards against a vacuous test.
-    row = np.linspace(2, -2, 12).astype(np.float32)
-    freq = _frequencies(device, row, 1.0, 1.0, 0)
-    tv = 0.5 * np.abs(freq - ref_probs(row, 0.5, 1.0, 0)).sum()
-    assert tv > TV_TOL
+def test_distribution_matches_the_peers_rule(dist_freqs):
+    for case, freq in zip(DIST_CASES, dist_freqs, strict=True):
+        ref = ref_probs(DIST_ROW, *case)
+        assert np.all(freq[ref == 0] == 0), f"{case}: drew a token outside the kept set"
+        tv, bound = 0.5 * np.abs(freq - ref).sum(), tv_null_bound(ref, NUM_DRAWS)
+        assert tv <= bound, f"{case}: TV {tv:.4f} > null bound {bound:.4f}\n{freq}\n{ref}"
+
+
+def test_distribution_check_rejects_the_old_intersection_rule(dist_freqs):
+    # Control: the same check, against the rule graphbatch had, fails where they differ.
+    rejected = 0
+    for case, freq in zip(DIST_CASES, dist_freqs, strict=True):
+        old = ref_probs(DIST_ROW, *case, rule=ref_kept_intersection)
+        new = ref_probs(DIST_ROW, *case)
+        if not np.allclose(old, new):
+            rejected += 0.5 * np.abs(freq - old).sum() > tv_null_bound(old, NUM_DRAWS)
+    assert rejected >= 2
+
+
+def test_distribution_check_rejects_a_wrong_temperature(device):
+    (freq,) = _frequencies(device, [(1.0, 1.0, 0, 0.0)])
+    ref = ref_probs(DIST_ROW, 0.5, 1.0, 0)
+    assert 0.5 * np.abs(freq - ref).sum() > tv_null_bound(ref, NUM_DRAWS)
+
+
+def test_min_p_keeps_tokens_relative_to_the_max(device):
+    row = torch.tensor([[0.0, -0.5, -1.0, -1.1, -3.0]] * 512, device=device)
+    out = run(row, 1.0, 1.0, 0, offsets=torch.arange(512), min_p=0.3).cpu().numpy()
+    # p_i / p_max = exp(x_i): 1, 0.61, 0.37, 0.33 are >= 0.3; 0.05 is not
+    assert set(out.tolist()) == {0, 1, 2, 3}
+    out = run(row, 1.0, 1.0, 0, offsets=torch.arange(512), min_p=1.0).cpu().numpy()
+    assert set(out.tolist()) == {0}
+
+
+def test_logprobs_of_greedy_padded_and_nan_rows(device):
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 300, generator=g).to(device)
+    logits[2, 7] = float("nan")
+    lp = torch.full((6,), 123.0, device=device)
+    out = run(logits, 0.0, 1.0, 0, num_valid=5, logprobs=lp).cpu().numpy()
+    x = logits.cpu().numpy().astype(np.float64)
+    lp = lp.cpu().numpy()
+    for r in (0, 1, 3, 4):
+        ref = x[r, out[r]] - np.log(np.exp(x[r]).sum())
+        assert abs(lp[r] - ref) < LOGPROB_ATOL
+    assert np.isnan(lp[2]) and np.isnan(lp[5])  # NaN row, padded row
 
 
 def test_temperature_zero_and_top_k_one_are_argmax(device):
@@ -201,6 +306,11 @@ def test_out_buffer_and_int32_output(device):
         (dict(top_p=torch.tensor([1.0, 0.0, 1.0])), r"top_p\[1\] = 0.0 is out of range"),
         (dict(temperature=torch.tensor([1.0, 1.0, -2.0])), r"temperature\[2\]"),
         (dict(top_k=torch.tensor([0, -1, 0], dtype=torch.int32)), r"top_k\[1\]"),
+        (dict(min_p=torch.tensor([0.0, 1.5, 0.0])), r"min_p\[1\] = 1.5"),
+        (dict(min_p=torch.zeros(3, dtype=torch.float64)), "min_p must be one of"),
+        (dict(logprobs=torch.zeros(3, dtype=torch.float64)), "logprobs must be one of"),
+        (dict(logprobs=torch.zeros(2)), r"logprobs must have shape \[3\]"),
+        (dict(out=torch.zeros(2, dtype=torch.int64)), r"out must have shape \[3\]"),
         (dict(num_valid=4), "num_valid = 4"),
         (dict(num_valid=torch.tensor([1], dtype=torch.int64)), "num_valid tensor"),
         (dict(error_counter=torch.zeros(2, dtype=torch.int64)), "error_counter"),

@@ -9,6 +9,7 @@ import math
 import sys
 from typing import Any
 
+import numpy as np
 from graphbatch.executor import BackendUnavailable, GraphExecutor, get_backend
 from graphbatch.executor.models import TinyDecoder, preset
 from graphbatch.executor.serving import RunStats, ServingLoop, percentile
@@ -119,6 +120,11 @@ def summarize(stats: RunStats, ex: GraphExecutor, args, peak: str, total: int) -
         "ttft_ms_p50": round(percentile(ms, 50), 2) if ms else None,
         "ttft_ms_p90": round(percentile(ms, 90), 2) if ms else None,
         "padding_waste_pct": round(100 * stats.padding_waste, 2),
+        "first_token_logprob_mean": (
+            round(float(np.mean(stats.first_token_logprobs)), 4)
+            if stats.first_token_logprobs
+            else None
+        ),
         "graph_replays": {str(k): v for k, v in sorted(ex.replays.items())},
         "eager_runs": {str(k): v for k, v in sorted(ex.eager_runs.items())},
         "graph_memory_bytes": {str(k): v for k, v in sorted(ex.graph_memory.items())},
@@ -139,6 +145,7 @@ def print_table(summary: dict[str, Any]) -> None:
             f"{summary['ttft_ms_mean']} / {summary['ttft_ms_p50']} / {summary['ttft_ms_p90']} ms",
         ),
         ("padding waste", f"{summary['padding_waste_pct']} %"),
+        ("first-token logprob mean", summary["first_token_logprob_mean"]),
         ("graph replays per bucket", summary["graph_replays"] or "none (eager)"),
         ("eager runs per bucket", summary["eager_runs"] or "none"),
         ("GPU memory", summary["peak_gpu_memory"]),

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from graphbatch.kernels import top_p_sample
 from graphbatch.profiling import MemoryTracker, nvtx_range
-from graphbatch.scheduler import BatchDescriptor, SchedulerConfig
+from graphbatch.scheduler import BatchDescriptor, DescriptorError, SchedulerConfig
 
 from .backends import Backend, Graph, get_backend
 from .diagnose import bounds_problems, nonfinite_rows
@@ -140,9 +140,42 @@ class GraphExecutor:
         return taken
 
     # ---- execute ---------------------------------------------------------------
+    def check(self, d: BatchDescriptor) -> None:
+        """Refuse a descriptor before any buffer is touched: DescriptorError for a bad
+        value or one built for another configuration, StaleDescriptor for one that is
+        not a current step of its scheduler."""
+        if not isinstance(d, BatchDescriptor):
+            raise TypeError(f"execute() takes a BatchDescriptor, got {type(d).__name__}")
+        d.validate()
+        cfg = self.config
+        for name, want, got in (
+            ("block_size", cfg.block_size, d.block_size),
+            ("num_kv_blocks", cfg.num_kv_blocks, d.num_kv_blocks),
+            ("vocab_size", cfg.vocab_size, d.vocab_size),
+            ("max_model_len", cfg.max_model_len, d.max_model_len),
+            ("seq_lens", cfg.max_num_seqs, d.seq_capacity),
+            ("block_tables", cfg.max_blocks_per_seq, d.block_tables.shape[1]),
+        ):
+            if got != want:
+                raise DescriptorError(
+                    name, 0, f"descriptor built for {got}, this executor's config has {want}"
+                )
+        if d.token_capacity not in cfg.buckets:
+            raise DescriptorError(
+                "input_ids", 0, f"token capacity {d.token_capacity} is not a bucket {cfg.buckets}"
+            )
+        d.check_current()
+
     def execute(self, descriptor: BatchDescriptor) -> StepOutput:
-        """Run one step; raises BoundsError (with ``.output``) on a bad index."""
-        d = descriptor
+        """Run one step; raises BoundsError (with ``.output``) on a bad index, and
+        DescriptorError / StaleDescriptor (nothing run) for a descriptor ``check``
+        refuses."""
+        self.check(descriptor)
+        return self._run(descriptor)
+
+    def _run(self, d: BatchDescriptor) -> StepOutput:
+        """The step without the host checks: the device bounds checks still redirect
+        and name every bad index (the net behind ``check``)."""
         t0 = time.perf_counter()
         with nvtx_range("prepare", color="green"):
             self.buffers.load(d)

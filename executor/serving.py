@@ -28,6 +28,7 @@ class RunStats:
     steps: int = 0
     wall_s: float = 0.0
     ttft_s: list[float] = field(default_factory=list)
+    first_token_logprobs: list[float] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     step_times: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
 
@@ -119,6 +120,7 @@ class ServingLoop:
         moved = self.sched.update(d, out.sampled)
         for rid in moved:
             self.stats.ttft_s.append(now - self.ready_at[rid])
+            self.stats.first_token_logprobs.append(out.logprobs[rid])
             self.stats.requests += 1
         self.transferring.extend(moved)
         s = self.stats

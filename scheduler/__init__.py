@@ -2,7 +2,7 @@
 
 from .block_manager import BlockAccountingError, BlockManager
 from .config import DUMMY_BLOCK, SchedulerConfig, default_token_buckets
-from .descriptor import BatchDescriptor, DescriptorError
+from .descriptor import BatchDescriptor, DescriptorError, StaleDescriptor
 from .prefill import PrefillScheduler, SchedulerFull, SchedulerStats, UnknownRequest
 from .request import Request, SamplingParams
 from .sequence import SeqState
@@ -20,6 +20,7 @@ __all__ = [
     "SchedulerFull",
     "SchedulerStats",
     "SeqState",
+    "StaleDescriptor",
     "UnknownRequest",
     "default_token_buckets",
 ]

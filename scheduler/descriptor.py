@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +55,10 @@ class DescriptorError(ValueError):
         self.row = row
 
 
+class StaleDescriptor(ValueError):
+    """The descriptor is not (or no longer) a current step of the scheduler asked."""
+
+
 @dataclass
 class BatchDescriptor:
     """One prefill step. Token arrays have ``token_capacity`` rows (a capture bucket),
@@ -82,6 +87,21 @@ class BatchDescriptor:
     num_kv_blocks: int
     vocab_size: int
     max_model_len: int
+    # Origin: which scheduler issued it, its step, and each row's admission serial (a
+    # request aborted and re-added under the same id gets a new serial).
+    scheduler_id: str = ""
+    step: int = -1
+    arrivals: tuple[int, ...] = ()
+    origin_check: Callable[[BatchDescriptor], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def check_current(self) -> None:
+        """Raise StaleDescriptor unless this is an un-updated step of a live scheduler
+        whose every request is still the one it was scheduled for (no-op for a
+        descriptor built by hand, which has no origin)."""
+        if self.origin_check is not None:
+            self.origin_check(self)
 
     @property
     def token_capacity(self) -> int:

@@ -7,6 +7,9 @@ FCFS, chunking the last one that does not fit.
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +17,8 @@ import numpy as np
 from .block_manager import BlockManager
 from .builder import build_descriptor
 from .config import SchedulerConfig
-from .descriptor import BatchDescriptor
+from .descriptor import BatchDescriptor, StaleDescriptor
+from .first_tokens import check_first_tokens
 from .request import MAX_SEED, Request, SamplingParams
 from .sequence import SeqState, Sequence
 
@@ -44,6 +48,10 @@ class PrefillScheduler:
         self._seqs: dict[str, Sequence] = {}  # insertion order == arrival order (FCFS)
         self._arrivals = 0
         self._rng = np.random.default_rng(config.seed)
+        self.id = uuid.uuid4().hex[:12]  # descriptors carry it: a foreign one is refused
+        self._steps = 0
+        self._outstanding: set[int] = set()  # steps scheduled, not yet updated
+        self._check_ref = weakref.WeakMethod(self.check_current)
 
     # ---- admission -------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -125,39 +133,73 @@ class PrefillScheduler:
                 break
         if not chunks:
             return None
+        d = build_descriptor(cfg, chunks)  # may raise: nothing has changed yet
+        step = self._steps
+        d = dataclasses.replace(
+            d,
+            scheduler_id=self.id,
+            step=step,
+            arrivals=tuple(c[0].arrival for c in chunks),
+            origin_check=_OriginCheck(self._check_ref),
+        )
         for seq, _, n in chunks:
             seq.num_scheduled += n
-        return build_descriptor(cfg, chunks)
+        self._steps += 1
+        self._outstanding.add(step)
+        return d
+
+    def check_current(self, d: BatchDescriptor, rows_alive: bool = True) -> None:
+        """Raise StaleDescriptor unless ``d`` is a scheduled, not yet updated step of
+        this scheduler (and, with ``rows_alive``, every row's request is still the one
+        it was scheduled for: not aborted, not re-added under the same id)."""
+        if d.scheduler_id != self.id:
+            raise StaleDescriptor(
+                f"descriptor from scheduler {d.scheduler_id or '(none)'!r}, not this one "
+                f"({self.id!r})"
+            )
+        if d.step not in self._outstanding:
+            raise StaleDescriptor(
+                f"step {d.step} is not current: already updated, or never issued "
+                f"(outstanding: {sorted(self._outstanding)})"
+            )
+        if rows_alive:
+            gone = self._gone_rows(d)
+            if gone:
+                raise StaleDescriptor(
+                    f"step {d.step}: requests {gone} were aborted or re-added after it was "
+                    "scheduled; their blocks may belong to another request now"
+                )
+
+    def _gone_rows(self, d: BatchDescriptor) -> list[str]:
+        out = []
+        for rid, arrival in zip(d.request_ids, d.arrivals, strict=True):
+            seq = self._seqs.get(rid)
+            if seq is None or seq.arrival != arrival:
+                out.append(rid)
+        return out
 
     def update(self, descriptor: BatchDescriptor, sampled_token_ids) -> list[str]:
         """Record first tokens of requests whose prompt finished in ``descriptor``.
 
-        ``sampled_token_ids`` is aligned with the descriptor's sequence rows. A
-        negative entry means the executor could not sample that row (the engine
-        aborts it). Returns the ids that moved to the transferring state; raises
-        ValueError naming requests whose token is out of range, after recording
-        every other one.
+        ``sampled_token_ids`` is aligned with the descriptor's sequence rows; -1 means
+        the executor could not sample that row (the engine aborts it). Returns the ids
+        that moved to the transferring state. Raises StaleDescriptor for a descriptor
+        that is foreign or already updated, and ValueError naming every row whose token
+        is not an int in [-1, vocab_size); in both cases nothing changes.
         """
-        tokens = np.asarray(sampled_token_ids)
-        n = descriptor.num_seqs
-        if tokens.ndim != 1 or tokens.shape[0] < n:
-            raise ValueError(f"sampled_token_ids needs >= {n} entries, got shape {tokens.shape}")
-        moved, bad = [], []
-        for i in np.flatnonzero(descriptor.sample_mask[:n]):
-            rid = descriptor.request_ids[i]
+        d = descriptor
+        self.check_current(d, rows_alive=False)  # aborted rows are skipped below
+        tokens = check_first_tokens(sampled_token_ids, d.request_ids, self.config.vocab_size)
+        moved = []
+        for i in np.flatnonzero(d.sample_mask[: d.num_seqs]):
+            rid = d.request_ids[i]
             seq = self._seqs.get(rid)
-            tok = int(tokens[i])
-            if seq is None or seq.state is not SeqState.PREFILLING or tok < 0:
-                continue  # aborted meanwhile, or a row the executor flagged
-            if tok >= self.config.vocab_size:
-                bad.append(f"{rid!r} (token {tok})")
-                continue
-            seq.first_token, seq.state = tok, SeqState.TRANSFERRING
-            moved.append(rid)
-        if bad:
-            raise ValueError(
-                f"sampled token outside [0, {self.config.vocab_size}) for {', '.join(bad)}"
-            )
+            if seq is None or seq.arrival != d.arrivals[i] or tokens[i] < 0:
+                continue  # aborted (or re-added) meanwhile, or a row the executor flagged
+            if seq.state is SeqState.PREFILLING:
+                seq.first_token, seq.state = int(tokens[i]), SeqState.TRANSFERRING
+                moved.append(rid)
+        self._outstanding.discard(d.step)
         return moved
 
     # ---- leaving ---------------------------------------------------------
@@ -207,3 +249,16 @@ class PrefillScheduler:
             free_blocks=self.blocks.num_free,
             unscheduled_tokens=sum(s.remaining for s in seqs),
         )
+
+
+class _OriginCheck:
+    """A descriptor's link back to its scheduler (weak: descriptors may outlive it)."""
+
+    def __init__(self, ref: weakref.WeakMethod) -> None:
+        self._ref = ref
+
+    def __call__(self, d: BatchDescriptor) -> None:
+        check = self._ref()
+        if check is None:
+            raise StaleDescriptor(f"the scheduler {d.scheduler_id!r} that issued it is gone")
+        check(d)

@@ -59,6 +59,13 @@ def _check_shapes(d: BatchDescriptor) -> None:
         raise DescriptorError("num_tokens", 0, f"{d.num_tokens} outside [1, {t}]")
     if not 0 < d.num_seqs <= s or len(d.request_ids) != d.num_seqs:
         raise DescriptorError("num_seqs", 0, f"{d.num_seqs} seqs, {len(d.request_ids)} ids")
+    seen: dict[str, int] = {}
+    for row, rid in enumerate(d.request_ids):
+        if rid in seen:
+            raise DescriptorError("request_ids", row, f"{rid!r} also in row {seen[rid]}")
+        seen[rid] = row
+    if d.arrivals and len(d.arrivals) != d.num_seqs:
+        raise DescriptorError("arrivals", 0, f"{len(d.arrivals)} entries for {d.num_seqs} rows")
 
 
 def _check_ranges(d: BatchDescriptor) -> None:
@@ -66,8 +73,13 @@ def _check_ranges(d: BatchDescriptor) -> None:
         rows = out_of_range_rows(d, field)
         if rows:
             r = rows[0]
+            value = np.asarray(getattr(d, field))[r]
+            where: int | tuple[int, int] = r
+            if value.ndim:  # a block-table row: name the cell
+                col = int(np.flatnonzero((value < lo) | (value >= hi))[0])
+                where, value = (r, col), value[col]
             raise DescriptorError(
-                field, r, f"{getattr(d, field)[r]} outside [{lo}, {hi}) ({_owner(d, field, r)})"
+                field, where, f"{value} outside [{lo}, {hi}) ({_owner(d, field, r)})"
             )
 
 

@@ -40,13 +40,13 @@ class Turn:
 
 
 def _sampling(rng: np.random.Generator, session: int) -> SamplingParams:
-    # A mix engines see: greedy, nucleus, top-k + nucleus.
+    # A mix engines see: greedy, nucleus, top-k + nucleus + min-p.
     kind = session % 3
     if kind == 0:
         return SamplingParams(temperature=0.0)
     if kind == 1:
         return SamplingParams(temperature=0.8, top_p=0.9, seed=int(rng.integers(1 << 31)))
-    return SamplingParams(temperature=1.0, top_p=0.95, top_k=40)
+    return SamplingParams(temperature=1.0, top_p=0.95, top_k=40, min_p=0.05)
 
 
 def chat_sessions(w: ChatWorkload) -> list[list[Turn]]:

@@ -43,6 +43,7 @@ def test_run_end_to_end_with_report(tmp_path, capsys, backend):
     summary = json.loads((rep / "summary.json").read_text())
     assert summary["requests"] == 4 and summary["requests_failed"] == 0
     assert summary["prompt_tokens"] > 0 and summary["eager_runs"]
+    assert summary["first_token_logprob_mean"] < 0 and "first-token logprob" in out
     import torch
 
     on_gpu = backend == "torch" and torch.cuda.is_available()  # paddle's CPU wheel: CPU

@@ -160,8 +160,9 @@ def test_update_skips_flagged_rows_and_reports_bad_tokens(config):
     s.add_request(req("c", 2))
     d = s.schedule()
     with pytest.raises(ValueError, match="'c'"):
-        s.update(d, [5, -1, 100, 0])
-    assert s.state_of("a") is SeqState.TRANSFERRING
+        s.update(d, [5, -1, 100, 0])  # a bad token: nothing is recorded
+    assert all(s.state_of(r) is SeqState.PREFILLING for r in "abc")
+    assert s.update(d, [5, -1, -1, 0]) == ["a"]  # -1: no token for that row
     assert s.state_of("b") is SeqState.PREFILLING and s.state_of("c") is SeqState.PREFILLING
 
 

@@ -14,11 +14,25 @@ def build_parser() -> argparse.ArgumentParser:
     schedule_cmd.add_parser(sub)
     try:
         from . import run_cmd
-    except ImportError:  # executor not installed in this build
-        pass
+    except ImportError as e:  # torch/paddle/triton missing or broken: say so when asked
+        _unavailable(sub, e)
     else:
         run_cmd.add_parser(sub)
     return p
+
+
+def _unavailable(sub, error: ImportError) -> None:
+    def explain(args: argparse.Namespace) -> int:
+        print(
+            f"graphbatch {args.command}: unavailable, the executor failed to import: {error}",
+            file=sys.stderr,
+        )
+        return 2
+
+    for name in ("run", "profile"):
+        p = sub.add_parser(name, help=f"(unavailable: {error})")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=explain)
 
 
 def main(argv: list[str] | None = None) -> int:

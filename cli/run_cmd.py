@@ -19,6 +19,8 @@ from graphbatch.scheduler.workload import ChatWorkload, chat_sessions
 
 # Per model preset: token budget, max_num_seqs, max_model_len.
 SIZES = {"tiny": (256, 16, 1024), "small": (2048, 64, 4096), "large": (8192, 64, 4096)}
+MAX_REQUESTS = 100_000  # the workload is built up front: bound its memory
+INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (128 + SIGINT)
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
@@ -26,7 +28,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda:0 / gpu:0 (default: GPU if any)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run every step eager")
     p.add_argument("--model", choices=sorted(SIZES), default="tiny", help="model size preset")
-    p.add_argument("--requests", type=int, default=24)
+    p.add_argument("--requests", type=int, default=24, help=f"at most {MAX_REQUESTS}")
     p.add_argument("--rounds", type=int, default=3, help="chat rounds per session")
     p.add_argument("--concurrency", type=int, default=8, help="sessions in flight")
     p.add_argument("--budget", type=int, default=None, help="max_num_batched_tokens")
@@ -52,13 +54,38 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, profile=True)
 
 
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first bad flag, as a message naming it (None when all are fine)."""
+    ranges = {
+        "--requests": (args.requests, 1, MAX_REQUESTS),
+        "--rounds": (args.rounds, 1, 1000),
+        "--concurrency": (args.concurrency, 1, 10_000),
+        "--budget": (args.budget, 1, 1 << 20),
+        "--max-num-seqs": (args.max_num_seqs, 1, 1 << 16),
+        "--seed": (args.seed, 0, 2**63 - 1),
+    }
+    for flag, (value, lo, hi) in ranges.items():
+        if value is not None and not lo <= value <= hi:
+            return f"{flag} must be in [{lo}, {hi}], got {value}"
+    if args.report is not None:
+        import os
+
+        try:
+            os.makedirs(args.report, exist_ok=True)
+        except OSError as e:
+            return f"--report {args.report!r}: cannot create the directory ({e.strerror})"
+        if not os.access(args.report, os.W_OK):
+            return f"--report {args.report!r}: the directory is not writable"
+    return None
+
+
 def _configs(args: argparse.Namespace):
     budget, seqs, max_len = SIZES[args.model]
     model_cfg = preset(args.model, seed=args.seed)
     bs = 16
     sched_cfg = SchedulerConfig(
-        max_num_seqs=args.max_num_seqs or seqs,
-        max_num_batched_tokens=args.budget or budget,
+        max_num_seqs=seqs if args.max_num_seqs is None else args.max_num_seqs,
+        max_num_batched_tokens=budget if args.budget is None else args.budget,
         block_size=bs,
         num_kv_blocks=args.concurrency * math.ceil(max_len / bs) + 1,
         max_model_len=max_len,
@@ -156,7 +183,15 @@ def print_table(summary: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    model_cfg, sched_cfg, workload = _configs(args)
+    problem = check_args(args)
+    if problem is not None:
+        print(f"graphbatch run: {problem}", file=sys.stderr)
+        return 2
+    try:
+        model_cfg, sched_cfg, workload = _configs(args)
+    except ValueError as e:  # a combination the config refuses (e.g. budget vs buckets)
+        print(f"graphbatch run: {e}", file=sys.stderr)
+        return 2
     try:
         backend = get_backend(args.backend, args.device)
     except BackendUnavailable as e:
@@ -182,9 +217,14 @@ def run(args: argparse.Namespace) -> int:
             if not opened:
                 print("profile: no CUDA runtime, no profiler window", file=sys.stderr)
         progress = Progress(total, args.quiet)
-        stats = ServingLoop(
+        loop = ServingLoop(
             PrefillScheduler(sched_cfg), ex, sessions, args.concurrency, on_step=progress
-        ).run()
+        )
+        interrupted = False
+        try:
+            stats = loop.run()
+        except KeyboardInterrupt:  # stop cleanly: report what finished
+            interrupted, stats = True, loop.stats
         progress.close()
     if timeline is not None:
         peak = (
@@ -194,12 +234,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         peak = f"unavailable ({reason})"
     summary = summarize(stats, ex, args, peak, total)
+    if interrupted:
+        print(f"interrupted: {stats.requests} of {total} requests finished before Ctrl-C")
     print_table(summary)
     if args.report:
         from graphbatch.profiling.report import write_report
 
         paths = write_report(args.report, summary, stats.ttft_s, timeline, reason)
         print("report: " + ", ".join(str(p) for p in paths))
+    if interrupted:
+        return INTERRUPTED
     return 0 if not stats.failed else 1
 
 

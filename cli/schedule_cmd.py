@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 
 from graphbatch.scheduler import PrefillScheduler, SchedulerConfig, SchedulerFull
@@ -19,6 +20,15 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag, value, hi in (
+        ("--sessions", args.sessions, 100_000),
+        ("--rounds", args.rounds, 1000),
+        ("--budget", args.budget, 1 << 20),
+        ("--max-num-seqs", args.max_num_seqs, 1 << 16),
+    ):
+        if not 1 <= value <= hi:
+            print(f"graphbatch schedule: {flag} must be in [1, {hi}], got {value}", file=sys.stderr)
+            return 2
     cfg = SchedulerConfig(
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.budget,

@@ -30,6 +30,7 @@ class RunStats:
     ttft_s: list[float] = field(default_factory=list)
     first_token_logprobs: list[float] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # failed request id -> why
     step_times: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
 
     @property
@@ -56,7 +57,8 @@ class ServingLoop:
         self.concurrency = concurrency
         self.active: list[deque[Turn]] = []
         self.ready_at: dict[str, float] = {}  # request id -> when it could be submitted
-        self.submitted: set[str] = set()
+        self.admitted: set[int] = set()  # id() of turns the scheduler holds
+        self.first_try: dict[int, float] = {}  # id(turn) -> first admission attempt
         self.transferring: list[str] = []
         self.on_step = on_step
         self.stats = RunStats()
@@ -64,36 +66,50 @@ class ServingLoop:
     def _admit(self, now: float) -> None:
         while self.waiting and len(self.active) < self.concurrency:
             self.active.append(self.waiting.popleft())
-        for turns in self.active:
-            req = turns[0].request
-            if req.request_id in self.submitted:
+        for turns in list(self.active):
+            turn = turns[0]
+            if id(turn) in self.admitted:
                 continue
-            self.ready_at.setdefault(req.request_id, now)
+            rid = turn.request.request_id
+            self.first_try.setdefault(id(turn), now)  # TTFT counts the wait for admission
             try:
-                self.sched.add_request(req)
+                if rid in self.ready_at:  # in flight in this loop under the same id
+                    raise ValueError(f"request {rid!r}: duplicate request_id in flight")
+                self.sched.add_request(turn.request)
             except SchedulerFull:
-                if not self.sched.request_ids():
-                    raise RuntimeError(f"request {req.request_id!r} can never fit") from None
-                return  # retry next step, keep arrival order
-            except ValueError as e:  # a bad request is dropped, never the batch
-                log.warning("rejected: %s", e)
-                self._finish_turn(turns, failed=True)
+                if self.sched.request_ids():
+                    return  # retry next step, keep arrival order
+                # an empty scheduler that cannot take it never will
+                self._finish_turn(turns, failed=f"request {rid!r} can never be admitted")
                 continue
-            self.submitted.add(req.request_id)
+            except (TypeError, ValueError) as e:  # a bad request is dropped, never the batch
+                self._finish_turn(turns, failed=str(e))
+                continue
+            self.admitted.add(id(turn))
+            self.ready_at[rid] = self.first_try.pop(id(turn))
 
-    def _finish_turn(self, turns: deque[Turn], failed: bool = False) -> None:
-        rid = turns.popleft().request.request_id
-        if failed:
+    def _finish_turn(self, turns: deque[Turn], failed: str | None = None) -> None:
+        turn = turns.popleft()
+        rid = turn.request.request_id
+        self.first_try.pop(id(turn), None)
+        if id(turn) in self.admitted:
+            self.admitted.discard(id(turn))
+            self.ready_at.pop(rid, None)
+        if failed is not None:
+            log.warning("rejected %r: %s", rid, failed)
             self.stats.failed.append(rid)
+            self.stats.reasons[rid] = failed
         if not turns:
             self.active.remove(turns)
+
+    def _turns_of(self, rid: str) -> deque[Turn]:
+        return next(t for t in self.active if t[0].request.request_id == rid)
 
     def _release_transferred(self) -> None:
         # simulated KV transfer: sent by the time the next step is planned
         for rid in self.transferring:
             self.sched.release(rid)
-            turns = next(t for t in self.active if t[0].request.request_id == rid)
-            self._finish_turn(turns)
+            self._finish_turn(self._turns_of(rid))
         self.transferring = []
 
     def _step(self) -> bool:
@@ -105,18 +121,14 @@ class ServingLoop:
         try:
             out = self.ex.execute(d)
         except BoundsError as e:
-            log.error("%s", e)
             for rid in e.request_ids:
                 self.sched.abort(rid)
-                turns = next(t for t in self.active if t[0].request.request_id == rid)
-                self._finish_turn(turns, failed=True)
+                self._finish_turn(self._turns_of(rid), failed=f"bounds error: {e}")
             out = e.output
         now = time.perf_counter()
         for rid in out.nonfinite_request_ids:
             self.sched.abort(rid)
-            self._finish_turn(
-                next(t for t in self.active if t[0].request.request_id == rid), failed=True
-            )
+            self._finish_turn(self._turns_of(rid), failed="logits had NaN or no finite value")
         moved = self.sched.update(d, out.sampled)
         for rid in moved:
             self.stats.ttft_s.append(now - self.ready_at[rid])
@@ -132,6 +144,13 @@ class ServingLoop:
 
     def run(self) -> RunStats:
         start = time.perf_counter()
+        try:
+            self._serve()
+        finally:  # also when interrupted: the stats so far stay consistent
+            self.stats.wall_s = time.perf_counter() - start
+        return self.stats
+
+    def _serve(self) -> None:
         stalled = 0
         while self.waiting or self.active:
             self._release_transferred()
@@ -145,8 +164,6 @@ class ServingLoop:
                     raise RuntimeError(f"serving loop stalled with requests {ids} pending")
             if self.on_step:
                 self.on_step(self.stats)
-        self.stats.wall_s = time.perf_counter() - start
-        return self.stats
 
 
 def percentile(xs: list[float], q: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -10,11 +11,14 @@ from dataclasses import dataclass, field
 
 from .nvml import MemoryDelta, MemoryReader, MemorySnapshot, NvmlReader, NvmlUnavailable
 
+log = logging.getLogger("graphbatch.profiling")
+
 
 @dataclass
 class Timeline:
     samples: list[MemorySnapshot] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)  # (timestamp, phase)
+    stopped: str | None = None  # why sampling stopped early (NVML failed mid-run)
 
     @property
     def peak_used(self) -> int:
@@ -79,7 +83,9 @@ class MemoryTracker:
             while not stop.is_set():
                 try:
                     self.snapshot()
-                except NvmlUnavailable:
+                except NvmlUnavailable as e:
+                    timeline.stopped = str(e)
+                    log.warning("NVML sampling stopped: %s", e)
                     return
                 stop.wait(interval)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Protocol
+
+log = logging.getLogger("graphbatch.profiling")
 
 
 class NvmlUnavailable(RuntimeError):
@@ -106,7 +109,8 @@ def _framework_uuid(cuda_index: int) -> str | None:
 
         if torch.cuda.is_available():
             return str(torch.cuda.get_device_properties(cuda_index).uuid)
-    except Exception:  # torch missing or too old for .uuid: fall back to the env var
+    except Exception as e:  # torch missing, too old for .uuid, or no driver
+        log.info("no device UUID from torch (%s): matching NVML by CUDA_VISIBLE_DEVICES", e)
         return None
     return None
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 try:
     import nvtx as _nvtx
-except ImportError:  # optional: ranges become no-ops
+except ImportError:  # optional (the "nvtx" extra): ranges become no-ops
     _nvtx = None
+
+log = logging.getLogger("graphbatch.profiling")
 
 
 class nvtx_range(contextlib.ContextDecorator):
@@ -42,8 +45,8 @@ def _cudart() -> Any:
 
         if torch.cuda.is_available():
             return torch.cuda.cudart()
-    except Exception:  # no torch CUDA runtime: try the shared library
-        pass
+    except Exception as e:  # no usable torch CUDA runtime: try the shared library
+        log.info("torch's CUDA runtime unavailable for the profiler window (%s)", e)
     import ctypes
     import ctypes.util
 

@@ -62,6 +62,11 @@ class PrefillScheduler:
         """
         prompt = self._check_request(req)
         cfg = self.config
+        need, usable = self.blocks.blocks_needed(prompt.shape[0]), cfg.num_kv_blocks - 1
+        if need > usable:  # not "full": it could never be admitted
+            raise ValueError(
+                f"request {req.request_id!r}: needs {need} KV blocks, the cache has {usable}"
+            )
         if len(self._seqs) >= cfg.max_num_seqs:
             raise SchedulerFull(
                 f"request {req.request_id!r}: all {cfg.max_num_seqs} sequence slots are in use"

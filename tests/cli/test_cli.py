@@ -54,3 +54,58 @@ def test_run_end_to_end_with_report(tmp_path, capsys, backend):
 def test_run_reports_an_unavailable_backend(capsys):
     code = main(["run", "--backend", "torch", "--device", "tpu", "--quiet"])
     assert code == 2 and "unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["run", "--rounds", "0"], "--rounds"),
+        (["run", "--concurrency", "0"], "--concurrency"),
+        (["run", "--requests", "-5"], "--requests"),
+        (["run", "--requests", "1000000000"], "--requests"),
+        (["run", "--budget", "0"], "--budget"),
+        (["run", "--max-num-seqs", "0"], "--max-num-seqs"),
+        (["run", "--report", "/proc/graphbatch-report"], "--report"),
+        (["schedule", "--rounds", "0"], "--rounds"),
+        (["schedule", "--budget", "0"], "--budget"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag_before_any_work(capsys, argv, flag):
+    assert main([*argv, "--quiet"] if argv[0] == "run" else argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+
+
+def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch):
+    from graphbatch.executor.serving import ServingLoop
+
+    step = ServingLoop._step
+    calls = []
+
+    def interrupted_step(self):  # the 4th step is where the user presses Ctrl-C
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(ServingLoop, "_step", interrupted_step)
+    argv = ["run", "--backend", "torch", "--requests", "6", "--rounds", "2", "--budget", "64"]
+    assert main([*argv, "--concurrency", "3", "--quiet"]) == 130
+    out = capsys.readouterr().out
+    assert "interrupted:" in out and "TTFT mean" in out and len(calls) == 4
+
+
+def test_a_broken_executor_import_says_why(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *a, **kw):
+        if name == "graphbatch.executor" or (a and a[2] and "run_cmd" in a[2]):
+            raise ImportError("libtorch_cuda.so: cannot open shared object file")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.delitem(__import__("sys").modules, "graphbatch.cli.run_cmd", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    assert main(["run"]) == 2
+    assert "libtorch_cuda.so" in capsys.readouterr().err

@@ -35,6 +35,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--no-prefix-cache", action="store_true", help="recompute every prompt from its start"
+    )
+    p.add_argument(
         "--report", metavar="DIR", default=None, help="write summary.json and PNG plots into DIR"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -91,6 +94,7 @@ def _configs(args: argparse.Namespace):
         max_model_len=max_len,
         vocab_size=model_cfg.vocab_size,
         seed=args.seed,
+        enable_prefix_caching=not args.no_prefix_cache,
     )
     scale = max_len // 1024
     workload = ChatWorkload(
@@ -140,6 +144,9 @@ def summarize(stats: RunStats, ex: GraphExecutor, args, peak: str, total: int) -
         "requests_failed": len(stats.failed),
         "requests_planned": total,
         "prompt_tokens": stats.prompt_tokens,
+        "computed_tokens": stats.computed_tokens,
+        "prefix_cache": not args.no_prefix_cache,
+        "prefix_hit_rate": round(stats.prefix_hit_rate, 4),
         "steps": stats.steps,
         "time_s": round(stats.wall_s, 3),
         "tokens_per_s": round(stats.prompt_tokens / stats.wall_s, 1) if stats.wall_s else 0.0,
@@ -164,6 +171,12 @@ def print_table(summary: dict[str, Any]) -> None:
         ("backend / device", f"{summary['backend']} / {summary['device']}"),
         ("requests", f"{summary['requests']} done, {summary['requests_failed']} failed"),
         ("prompt tokens", summary["prompt_tokens"]),
+        (
+            "prefix cache hit rate",
+            f"{100 * summary['prefix_hit_rate']:.1f} % "
+            f"({summary['computed_tokens']} tokens computed)"
+            + ("" if summary["prefix_cache"] else " [--no-prefix-cache]"),
+        ),
         ("steps", summary["steps"]),
         ("time", f"{summary['time_s']:.2f} s"),
         ("tokens/s", summary["tokens_per_s"]),

@@ -23,7 +23,9 @@ log = logging.getLogger("graphbatch.serving")
 @dataclass
 class RunStats:
     requests: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # of every admitted request
+    cached_tokens: int = 0  # of those, served from the prefix cache (not computed)
+    computed_tokens: int = 0  # prompt tokens the executor ran
     padded_tokens: int = 0  # token-bucket rows executed, padding included
     steps: int = 0
     wall_s: float = 0.0
@@ -35,7 +37,11 @@ class RunStats:
 
     @property
     def padding_waste(self) -> float:
-        return 1.0 - self.prompt_tokens / self.padded_tokens if self.padded_tokens else 0.0
+        return 1.0 - self.computed_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 class ServingLoop:
@@ -137,7 +143,9 @@ class ServingLoop:
         self.transferring.extend(moved)
         s = self.stats
         s.steps += 1
-        s.prompt_tokens += d.num_tokens
+        s.computed_tokens += d.num_tokens
+        sched = self.sched.stats()
+        s.prompt_tokens, s.cached_tokens = sched.prompt_tokens, sched.cached_tokens
         s.padded_tokens += d.token_capacity
         s.step_times.append((t0, now))
         return True

@@ -45,6 +45,11 @@ class SchedulerConfig:
     vocab_size: int
     token_buckets: tuple[int, ...] | None = None
     seed: int = 0  # seeds requests that bring none, reproducibly
+    enable_prefix_caching: bool = True
+    # requests held at once (prefilling + waiting for KV transfer); None: 4 x max_num_seqs.
+    # max_num_seqs is the rows of one batch (the capture capacity).
+    max_num_requests: int | None = None
+    long_prefill_token_threshold: int = 0  # per-request chunk cap per step; 0 = off
     _buckets: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +62,19 @@ class SchedulerConfig:
             "vocab_size",
         ):
             _check_positive_int(name, getattr(self, name))
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise ValueError(
+                f"SchedulerConfig.enable_prefix_caching must be a bool, "
+                f"got {self.enable_prefix_caching!r}"
+            )
+        if self.max_num_requests is None:
+            object.__setattr__(self, "max_num_requests", 4 * self.max_num_seqs)
+        _check_positive_int("max_num_requests", self.max_num_requests)
+        t = self.long_prefill_token_threshold
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise ValueError(
+                f"SchedulerConfig.long_prefill_token_threshold must be an int >= 0, got {t!r}"
+            )
         if self.num_kv_blocks < 2:
             raise ValueError(
                 f"SchedulerConfig.num_kv_blocks must be >= 2 (block 0 is reserved), "

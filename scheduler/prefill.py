@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .block_manager import BlockManager
+from .block_manager import BlockAccountingError, BlockManager
 from .builder import build_descriptor
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
 from .first_tokens import check_first_tokens
+from .prefix_cache import ROOT_KEY, PrefixCache, block_key
 from .request import MAX_SEED, Request, SamplingParams
 from .sequence import SeqState, Sequence
 
@@ -35,8 +36,15 @@ class UnknownRequest(KeyError):
 class SchedulerStats:
     num_prefilling: int
     num_transferring: int
-    free_blocks: int
+    free_blocks: int  # allocatable now: never-used + evictable cached blocks
     unscheduled_tokens: int
+    cached_blocks: int = 0  # blocks in the prefix cache (owned or evictable)
+    prompt_tokens: int = 0  # of every request admitted so far
+    cached_tokens: int = 0  # of those, served from the prefix cache
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 class PrefillScheduler:
@@ -44,8 +52,13 @@ class PrefillScheduler:
         if not isinstance(config, SchedulerConfig):
             raise TypeError(f"config must be a SchedulerConfig, got {type(config).__name__}")
         self.config = config
-        self.blocks = BlockManager(config.num_kv_blocks, config.block_size)
+        cache = PrefixCache() if config.enable_prefix_caching else None
+        self.blocks = BlockManager(config.num_kv_blocks, config.block_size, cache)
         self._seqs: dict[str, Sequence] = {}  # insertion order == arrival order (FCFS)
+        # the ones with prompt tokens left: schedule() never rescans transferring ones
+        self._prefilling: dict[str, Sequence] = {}
+        self._prompt_tokens = 0
+        self._cached_tokens = 0
         self._arrivals = 0
         self._rng = np.random.default_rng(config.seed)
         self.id = uuid.uuid4().hex[:12]  # descriptors carry it: a foreign one is refused
@@ -67,24 +80,35 @@ class PrefillScheduler:
             raise ValueError(
                 f"request {req.request_id!r}: needs {need} KV blocks, the cache has {usable}"
             )
-        if len(self._seqs) >= cfg.max_num_seqs:
+        if len(self._seqs) >= cfg.max_num_requests:
             raise SchedulerFull(
-                f"request {req.request_id!r}: all {cfg.max_num_seqs} sequence slots are in use"
+                f"request {req.request_id!r}: all {cfg.max_num_requests} request slots are in use"
             )
-        if not self.blocks.can_allocate(prompt.shape[0]):
+        cached = self.blocks.match(prompt)
+        try:  # shares the cached blocks and allocates the rest, or changes nothing
+            blocks = self.blocks.admit(cached, need - len(cached))
+        except BlockAccountingError:
             raise SchedulerFull(
-                f"request {req.request_id!r}: needs "
-                f"{self.blocks.blocks_needed(prompt.shape[0])} KV blocks, "
-                f"{self.blocks.num_free} free"
-            )
+                f"request {req.request_id!r}: needs {need - len(cached)} KV blocks "
+                f"({len(cached)} cached), {self.blocks.num_free} free"
+            ) from None
         seed = req.sampling.seed
         if seed is None:
             seed = int(self._rng.integers(0, MAX_SEED))
-        blocks = np.asarray(self.blocks.allocate(prompt.shape[0]), dtype=np.int32)
-        self._seqs[req.request_id] = Sequence(
-            req.request_id, prompt, req.sampling, seed, blocks, self._arrivals
+        seq = Sequence(
+            req.request_id,
+            prompt,
+            req.sampling,
+            seed,
+            np.asarray(blocks, dtype=np.int32),
+            self._arrivals,
         )
+        seq.num_scheduled = seq.num_cached = len(cached) * cfg.block_size
+        seq.block_keys = [self.blocks.cache.key_of(b) for b in cached]
+        self._seqs[req.request_id] = self._prefilling[req.request_id] = seq
         self._arrivals += 1
+        self._prompt_tokens += seq.prompt_len
+        self._cached_tokens += seq.num_cached
 
     def _check_request(self, req: Request) -> np.ndarray:
         if not isinstance(req, Request):
@@ -127,11 +151,12 @@ class PrefillScheduler:
         """Next batch, or None when no request has prompt tokens left."""
         cfg = self.config
         budget = cfg.max_num_batched_tokens
+        cap = cfg.long_prefill_token_threshold or budget
         chunks: list[tuple[Sequence, int, int]] = []
-        for seq in self._seqs.values():
+        for seq in self._prefilling.values():  # transferring requests cost nothing
             if seq.remaining <= 0:
-                continue  # done or only waiting for KV transfer: costs no budget
-            n = min(seq.remaining, budget)
+                continue  # fully scheduled, its last chunk still in flight
+            n = min(seq.remaining, budget, cap)
             chunks.append((seq, seq.num_scheduled, n))
             budget -= n
             if budget == 0 or len(chunks) == cfg.max_num_seqs:
@@ -203,9 +228,26 @@ class PrefillScheduler:
                 continue  # aborted (or re-added) meanwhile, or a row the executor flagged
             if seq.state is SeqState.PREFILLING:
                 seq.first_token, seq.state = int(tokens[i]), SeqState.TRANSFERRING
+                del self._prefilling[rid]
                 moved.append(rid)
+        self._cache_written_blocks(d)
         self._outstanding.discard(d.step)
         return moved
+
+    def _cache_written_blocks(self, d: BatchDescriptor) -> None:
+        """The step's KV is written: its rows' newly full blocks enter the prefix cache."""
+        cache, bs = self.blocks.cache, self.config.block_size
+        if cache is None:
+            return
+        for i, rid in enumerate(d.request_ids):
+            seq = self._seqs.get(rid)
+            if seq is None or seq.arrival != d.arrivals[i]:
+                continue
+            for j in range(len(seq.block_keys), int(d.seq_lens[i]) // bs):
+                toks = seq.prompt[j * bs : (j + 1) * bs]
+                parent = seq.block_keys[-1] if seq.block_keys else ROOT_KEY
+                seq.block_keys.append(block_key(parent, toks))
+                cache.register(int(seq.block_ids[j]), parent, toks)
 
     # ---- leaving ---------------------------------------------------------
     def release(self, request_id: str) -> int:
@@ -229,6 +271,7 @@ class PrefillScheduler:
     def _drop(self, seq: Sequence) -> None:
         self.blocks.free(seq.block_ids.tolist())
         del self._seqs[seq.request_id]
+        self._prefilling.pop(seq.request_id, None)
 
     # ---- introspection ---------------------------------------------------
     def state_of(self, request_id: str) -> SeqState:
@@ -243,16 +286,24 @@ class PrefillScheduler:
     def request_ids(self) -> list[str]:
         return list(self._seqs)
 
+    def num_cached(self, request_id: str) -> int:
+        """Prompt tokens of the request served from the prefix cache."""
+        return self._get(request_id).num_cached
+
     def has_unscheduled(self) -> bool:
-        return any(s.remaining > 0 for s in self._seqs.values())
+        return any(s.remaining > 0 for s in self._prefilling.values())
 
     def stats(self) -> SchedulerStats:
         seqs = self._seqs.values()
+        cache = self.blocks.cache
         return SchedulerStats(
-            num_prefilling=sum(s.state is SeqState.PREFILLING for s in seqs),
-            num_transferring=sum(s.state is SeqState.TRANSFERRING for s in seqs),
+            num_prefilling=len(self._prefilling),
+            num_transferring=len(self._seqs) - len(self._prefilling),
             free_blocks=self.blocks.num_free,
             unscheduled_tokens=sum(s.remaining for s in seqs),
+            cached_blocks=cache.num_cached if cache is not None else 0,
+            prompt_tokens=self._prompt_tokens,
+            cached_tokens=self._cached_tokens,
         )
 
 

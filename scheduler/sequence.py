@@ -23,7 +23,10 @@ class Sequence:
     seed: int
     block_ids: np.ndarray  # [num_blocks] int32, KV blocks reserved for the whole prompt
     arrival: int
-    num_scheduled: int = 0  # prompt tokens handed to a batch so far
+    num_scheduled: int = 0  # prompt tokens handed to a batch so far (cached ones included)
+    num_cached: int = 0  # prompt tokens whose KV came from the prefix cache
+    # chained prefix-cache keys of the leading full blocks whose KV is known written
+    block_keys: list[bytes] = field(default_factory=list)
     first_token: int | None = None
     state: SeqState = SeqState.PREFILLING
     prompt_len: int = field(init=False)  # a plain int: read on every schedule() pass

@@ -105,6 +105,33 @@ def _check_layout(d: BatchDescriptor) -> None:
         raise DescriptorError("logits_indices", int(bad[0]), "must point at the chunk's last token")
     if np.any(d.seq_lens[n:] != 0) or np.any(d.sample_mask[n:]):
         raise DescriptorError("seq_lens", n, "padding rows must have seq_len 0 and no sample")
+    _check_write_targets(d, lens)
+
+
+def _check_write_targets(d: BatchDescriptor, lens: np.ndarray) -> None:
+    """Each real token writes its own row's block-table cell at its own position, past the
+    row's context: never into a cached prefix block, never into another row's block."""
+    n, t = d.num_seqs, d.num_tokens
+    seq = np.repeat(np.arange(n), lens)
+    pos = d.positions[:t]
+    expect = d.context_lens[seq] + (np.arange(t) - d.query_start_loc[seq])
+    bad = np.flatnonzero(pos != expect)
+    if bad.size:
+        r = int(bad[0])
+        raise DescriptorError(
+            "positions", r, f"{pos[r]} != {expect[r]} ({_owner(d, 'positions', r)})"
+        )
+    bs = d.block_size
+    slots = d.block_tables[seq, pos // bs].astype(np.int64) * bs + pos % bs
+    bad = np.flatnonzero(d.slot_mapping[:t] != slots)
+    if bad.size:
+        r = int(bad[0])
+        raise DescriptorError(
+            "slot_mapping",
+            r,
+            f"{d.slot_mapping[r]} is not its block-table slot {slots[r]} "
+            f"({_owner(d, 'slot_mapping', r)})",
+        )
 
 
 def _check_sampling(d: BatchDescriptor) -> None:

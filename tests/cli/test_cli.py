@@ -44,11 +44,27 @@ def test_run_end_to_end_with_report(tmp_path, capsys, backend):
     assert summary["requests"] == 4 and summary["requests_failed"] == 0
     assert summary["prompt_tokens"] > 0 and summary["eager_runs"]
     assert summary["first_token_logprob_mean"] < 0 and "first-token logprob" in out
+    # round 2 extends round 1: the prefix cache serves part of every second prompt
+    assert summary["prefix_cache"] and 0 < summary["prefix_hit_rate"] < 1
+    assert summary["computed_tokens"] < summary["prompt_tokens"]
+    assert "prefix cache hit rate" in out
     import torch
 
     on_gpu = backend == "torch" and torch.cuda.is_available()  # paddle's CPU wheel: CPU
     assert summary["peak_gpu_memory"].startswith("peak" if on_gpu else "unavailable (")
     assert (rep / "memory.png").exists() and (rep / "ttft.png").exists()
+
+
+def test_no_prefix_cache_computes_every_prompt_token(tmp_path, capsys):
+    rep = tmp_path / "r"
+    argv = ["run", "--backend", "torch", "--requests", "4", "--rounds", "2", "--budget", "64"]
+    assert (
+        main([*argv, "--concurrency", "2", "--quiet", "--no-prefix-cache", "--report", str(rep)])
+        == 0
+    )
+    summary = json.loads((rep / "summary.json").read_text())
+    assert summary["prefix_hit_rate"] == 0 and not summary["prefix_cache"]
+    assert summary["computed_tokens"] == summary["prompt_tokens"]
 
 
 def test_run_reports_an_unavailable_backend(capsys):

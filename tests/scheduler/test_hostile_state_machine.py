@@ -32,6 +32,7 @@ CFG = SchedulerConfig(
     vocab_size=50,
 )
 EXAMPLES = 2000
+HIT_TOKENS: list[int] = []  # cached tokens of every next-round request, over the run
 
 # Values at and past every boundary of every SamplingParams field.
 HOSTILE_SAMPLING = [
@@ -114,7 +115,28 @@ class HostileScheduler(RuleBasedStateMachine):
             assert full_state(self.s) == before
             return
         self.prompts[rid] = prompt
-        self.seen[(rid, self.s._seqs[rid].arrival)] = []
+        self.seen[(rid, self.s._seqs[rid].arrival)] = prompt[: self.s.num_cached(rid)]
+
+    @precondition(lambda self: self.prompts)
+    @rule(k=st.integers(0, 100), extra=st.integers(1, 20))
+    def add_next_round(self, k, extra):
+        # the next chat round: an earlier prompt + more tokens (the prefix cache's case)
+        base = list(self.prompts.values())[k % len(self.prompts)]
+        rng = np.random.default_rng(self.counter)
+        prompt = (base + rng.integers(0, CFG.vocab_size, extra).tolist())[: CFG.max_model_len]
+        rid = f"r{self.counter}"
+        self.counter += 1
+        before = full_state(self.s)
+        try:
+            self.s.add_request(Request(rid, prompt))
+        except SchedulerFull:
+            assert full_state(self.s) == before
+            return
+        self.prompts[rid] = prompt
+        cached = self.s.num_cached(rid)
+        assert cached % CFG.block_size == 0 and cached < len(prompt)  # >= 1 token computed
+        HIT_TOKENS.append(cached)
+        self.seen[(rid, self.s._seqs[rid].arrival)] = prompt[:cached]
 
     @rule()
     def step(self):
@@ -130,6 +152,11 @@ class HostileScheduler(RuleBasedStateMachine):
             assert d.positions[lo:hi].tolist() == list(range(len(seen), len(seen) + hi - lo))
             seen.extend(d.input_ids[lo:hi].tolist())
             assert seen == self.prompts[rid][: len(seen)]
+        # no write target is cached or shared: written blocks have one owner, no key
+        written = set((d.slot_mapping[: d.num_tokens] // CFG.block_size).tolist())
+        cache = self.s.blocks.cache
+        for b in written:
+            assert self.s.blocks.refcount(b) == 1 and b not in cache, f"writes block {b}"
         self.issued.append(d)
 
     @precondition(lambda self: self.issued)
@@ -156,7 +183,9 @@ class HostileScheduler(RuleBasedStateMachine):
                 self.s.add_request(Request(rid, self.prompts[rid]))
             except SchedulerFull:
                 return
-            self.seen[(rid, self.s._seqs[rid].arrival)] = []
+            self.seen[(rid, self.s._seqs[rid].arrival)] = self.prompts[rid][
+                : self.s.num_cached(rid)
+            ]
 
     @precondition(lambda self: self.s.request_ids())
     @rule(k=st.integers(0, 100))
@@ -246,10 +275,20 @@ class HostileScheduler(RuleBasedStateMachine):
 
     # ---- invariants -----------------------------------------------------------------
     @invariant()
-    def blocks_owned_once(self):
-        owned = [b for q in self.s._seqs.values() for b in q.block_ids.tolist()]
-        assert len(owned) == len(set(owned)) and 0 not in owned
-        assert len(owned) + self.s.blocks.num_free == CFG.num_kv_blocks - 1
+    def block_accounting(self):
+        owners: dict[int, int] = {}
+        for q in self.s._seqs.values():
+            ids = q.block_ids.tolist()
+            assert len(ids) == len(set(ids)) and 0 not in ids
+            for b in ids:
+                owners[b] = owners.get(b, 0) + 1
+        blocks = self.s.blocks
+        for b in range(CFG.num_kv_blocks):  # reference counts equal the live owners
+            assert blocks.refcount(b) == owners.get(b, 0)
+        for b, n in owners.items():  # a block with two owners is a cached prefix block
+            assert n == 1 or b in blocks.cache
+        # free (never used or evictable cached) + owned = total - 1 (the dummy block)
+        assert len(owners) + blocks.num_free == CFG.num_kv_blocks - 1
 
     @invariant()
     def outstanding_descriptors_validate(self):
@@ -261,7 +300,15 @@ class HostileScheduler(RuleBasedStateMachine):
 HostileScheduler.TestCase.settings = settings(
     max_examples=EXAMPLES,
     stateful_step_count=25,
+    derandomize=True,  # the same 2,000 programs in every CI run
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestHostileScheduler = HostileScheduler.TestCase
+
+
+def test_the_machine_exercised_prefix_hits():
+    # runs after the machine (file order): the cache was really hit
+    if not HIT_TOKENS:
+        pytest.skip("the state machine did not run in this session")
+    assert sum(1 for t in HIT_TOKENS if t > 0) >= 10

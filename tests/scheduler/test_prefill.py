@@ -103,12 +103,14 @@ def test_scheduler_full_changes_nothing(config):
     for i in range(3):
         s.add_request(req(f"big{i}", 64))  # 16 blocks each: 15 of 63 left
     before, ids = s.stats(), s.request_ids()
-    with pytest.raises(SchedulerFull, match="needs 16 KV blocks, 15 free"):
+    with pytest.raises(SchedulerFull, match=r"needs 16 KV blocks \(0 cached\), 15 free"):
         s.add_request(req("one-too-many", 64))
     assert s.stats() == before and s.request_ids() == ids
     s.add_request(req("small", 4))  # still admits what fits
-    with pytest.raises(SchedulerFull, match="sequence slots"):
-        s.add_request(req("r4", 2))
+    for i in range(config.max_num_requests - 4):
+        s.add_request(req(f"tiny{i}", 1))
+    with pytest.raises(SchedulerFull, match="request slots"):
+        s.add_request(req("r-last", 1))
 
 
 def test_blocks_reserved_up_front_never_dummy(config):
@@ -137,7 +139,7 @@ def test_transferring_requests_cost_no_budget(config):
     d = s.schedule()
     s.update(d, np.array([7] + [0] * 3))
     assert s.state_of("a") is SeqState.TRANSFERRING and s.first_token("a") == 7
-    s.add_request(req("b", 32))
+    s.add_request(Request("b", list(range(50, 82))))  # no prefix shared with "a"
     d = s.schedule()
     assert d.request_ids == ("b",) and d.num_tokens == 32
     assert s.release("a") == 7

@@ -24,10 +24,12 @@ configs = st.builds(
     vocab_size=st.integers(1, 50),
 )
 
-# An op is ("add", prompt_len) | ("step",) | ("release", k) | ("abort", k)
+# An op is ("add", prompt_len) | ("extend", k, extra) | ("step",) | ("release", k) |
+# ("abort", k); "extend" is the next chat round: an earlier prompt + more tokens.
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(1, 70)),
+        st.tuples(st.just("extend"), st.integers(0, 10), st.integers(1, 20)),
         st.tuples(st.just("step")),
         st.tuples(st.just("release"), st.integers(0, 10)),
         st.tuples(st.just("abort"), st.integers(0, 10)),
@@ -49,7 +51,7 @@ def _check_descriptor(cfg, sched, model, d) -> None:
     d.validate()
     assert d.num_tokens <= cfg.max_num_batched_tokens and d.num_seqs <= cfg.max_num_seqs
     assert d.token_capacity == cfg.bucket_for(d.num_tokens)
-    owned = set()
+    written: set[int] = set()
     for i, rid in enumerate(d.request_ids):
         lo, hi = d.query_start_loc[i], d.query_start_loc[i + 1]
         toks = d.input_ids[lo:hi].tolist()
@@ -59,15 +61,26 @@ def _check_descriptor(cfg, sched, model, d) -> None:
         seen.extend(toks)
         assert seen == model.prompts[rid][: len(seen)].tolist()
         blocks = set(d.block_tables[i, d.block_tables[i] != 0].tolist())
-        assert blocks == set(sched.block_ids(rid)) and not blocks & owned
-        owned |= blocks
+        assert blocks == set(sched.block_ids(rid))
+        mine = set((d.slot_mapping[lo:hi] // cfg.block_size).tolist())
+        assert not mine & written  # no block has two writers ...
+        for b in mine:  # ... nor is a written block shared or cached
+            assert sched.blocks.refcount(b) == 1 and (
+                sched.blocks.cache is None or b not in sched.blocks.cache
+            )
+        written |= mine
         assert d.sample_mask[i] == (len(seen) == len(model.prompts[rid]))
 
 
 def _all_blocks_disjoint(sched) -> None:
-    all_blocks = [b for rid in sched.request_ids() for b in sched.block_ids(rid)]
-    assert len(all_blocks) == len(set(all_blocks)) and 0 not in all_blocks
-    assert len(all_blocks) + sched.stats().free_blocks == sched.config.num_kv_blocks - 1
+    owners: dict[int, int] = {}
+    for rid in sched.request_ids():
+        for b in sched.block_ids(rid):
+            owners[b] = owners.get(b, 0) + 1
+    assert 0 not in owners
+    for b, n in owners.items():  # refcounts equal live owners; shared blocks are cached
+        assert sched.blocks.refcount(b) == n and (n == 1 or b in sched.blocks.cache)
+    assert len(owners) + sched.stats().free_blocks == sched.config.num_kv_blocks - 1
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,17 +91,21 @@ def test_random_workloads_keep_invariants(cfg, program, seed):
     counter = 0
     for op in program:
         ids = sched.request_ids()
-        if op[0] == "add":
+        if op[0] in ("add", "extend"):
             rid = f"r{counter}"
             counter += 1
-            prompt = rng.integers(0, cfg.vocab_size, op[1])
+            prompt = rng.integers(0, cfg.vocab_size, op[-1])
+            if op[0] == "extend" and model.prompts:
+                base = list(model.prompts.values())[op[1] % len(model.prompts)]
+                prompt = np.concatenate([base, prompt])[: cfg.max_model_len]
             before = (sched.stats(), ids)
             try:
                 sched.add_request(Request(rid, prompt.tolist(), SamplingParams(top_p=0.5)))
             except (SchedulerFull, ValueError):
                 assert (sched.stats(), sched.request_ids()) == before  # unchanged
                 continue
-            model.prompts[rid], model.seen[rid] = prompt, []
+            model.prompts[rid] = prompt
+            model.seen[rid] = prompt[: sched.num_cached(rid)].tolist()
         elif op[0] == "step":
             d = sched.schedule()
             if d is None:

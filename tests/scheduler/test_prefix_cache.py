@@ -1,0 +1,127 @@
+"""Prefix caching in the scheduler: what is matched, when blocks enter the cache, eviction,
+reference counts, and the two scheduler limits that came with it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from graphbatch.scheduler import PrefillScheduler, Request, SchedulerFull
+from graphbatch.scheduler.prefix_cache import PrefixCache, block_key
+
+
+def prompt(n: int, start: int = 1) -> list[int]:
+    return [(start + i) % 97 for i in range(n)]
+
+
+def run_to_transfer(s: PrefillScheduler) -> None:
+    while (d := s.schedule()) is not None:
+        s.update(d, [1] * d.seq_capacity)
+
+
+def test_blocks_enter_the_cache_only_after_the_step_that_wrote_them(config):
+    s = PrefillScheduler(config)  # block_size 4
+    s.add_request(Request("a", prompt(13)))
+    d = s.schedule()
+    s.add_request(Request("b", prompt(13)))  # same prompt, a's KV not written yet
+    assert s.num_cached("b") == 0
+    s.update(d, [1] * d.seq_capacity)  # a's three full blocks are now written
+    s.add_request(Request("c", prompt(13)))
+    assert s.num_cached("c") == 12
+    d = s.schedule()
+    row = d.request_ids.index("c")
+    assert d.context_lens[row] == 12 and d.seq_lens[row] == 13  # one token computed
+    assert s.block_ids("c")[:3] == s.block_ids("a")[:3]
+
+
+def test_a_full_hit_still_computes_the_last_token(config):
+    s = PrefillScheduler(config)
+    s.add_request(Request("a", prompt(16)))
+    run_to_transfer(s)
+    s.add_request(Request("b", prompt(16)))  # the same 4 full blocks
+    assert s.num_cached("b") == 12  # the last block is recomputed: its logits give a token
+
+
+def test_release_keeps_blocks_cached_and_evictable_lru_first(config):
+    cfg = replace(config, num_kv_blocks=9)  # 8 usable blocks of 4 tokens
+    s = PrefillScheduler(cfg)
+    s.add_request(Request("old", prompt(9, start=1)))  # 3 blocks, 2 full
+    s.add_request(Request("new", prompt(9, start=50)))
+    run_to_transfer(s)
+    s.release("old")
+    s.release("new")
+    st = s.stats()
+    assert st.free_blocks == 8 and st.cached_blocks == 4  # cached ones count as free
+    s.add_request(Request("big", prompt(20, start=30)))  # 5 blocks: 4 free + "old"s LRU one
+    assert s.stats().cached_blocks == 3
+    s.add_request(Request("new2", prompt(9, start=50)))
+    assert s.num_cached("new2") == 8  # "new" was released last: its blocks survived
+    s.abort("new2")
+    s.add_request(Request("old2", prompt(9, start=1)))
+    assert s.num_cached("old2") == 0  # "old" was evicted first
+
+
+def test_reference_counts_are_exact_through_abort_and_release(config):
+    s = PrefillScheduler(config)
+    s.add_request(Request("a", prompt(20)))
+    run_to_transfer(s)
+    s.add_request(Request("b", prompt(20) + [5, 6, 7]))
+    s.add_request(Request("c", prompt(20) + [8]))
+    shared = s.block_ids("a")[:4]
+    assert [s.blocks.refcount(b) for b in shared] == [3, 3, 3, 3]
+    s.abort("b")
+    assert [s.blocks.refcount(b) for b in shared] == [2, 2, 2, 2]
+    s.release("a")
+    s.abort("c")
+    assert all(s.blocks.refcount(b) == 0 for b in range(config.num_kv_blocks))
+    assert s.stats().free_blocks == config.num_kv_blocks - 1
+
+
+def test_scheduler_full_counts_evictable_blocks_and_changes_nothing(config):
+    cfg = replace(config, num_kv_blocks=6)  # 5 usable
+    s = PrefillScheduler(cfg)
+    s.add_request(Request("a", prompt(17)))  # 5 blocks
+    run_to_transfer(s)
+    with pytest.raises(SchedulerFull, match="needs 1 KV blocks"):
+        s.add_request(Request("b", prompt(3, start=70)))
+    s.release("a")  # 4 full blocks stay cached, all 5 allocatable
+    s.add_request(Request("c", prompt(20, start=40)))  # evicts every cached block
+    assert s.num_cached("c") == 0 and s.stats().free_blocks == 0
+
+
+def test_caching_off_never_matches(config):
+    s = PrefillScheduler(replace(config, enable_prefix_caching=False))
+    s.add_request(Request("a", prompt(20)))
+    run_to_transfer(s)
+    s.add_request(Request("b", prompt(20)))
+    assert s.num_cached("b") == 0 and s.stats().cached_blocks == 0
+
+
+def test_hit_is_confirmed_by_tokens_not_only_the_key():
+    cache = PrefixCache()
+    toks = np.array([1, 2, 3, 4])
+    cache.register(7, b"", toks)
+    assert cache.match(np.array([1, 2, 3, 4, 9]), 4, 1) == [7]
+    cache._tokens[7] = np.array([1, 2, 3, 5])  # as if another prefix had hashed alike
+    assert cache.match(np.array([1, 2, 3, 4, 9]), 4, 1) == []
+    assert len(block_key(b"", toks)) == 16  # 128-bit keys
+
+
+def test_long_prefill_token_threshold_caps_each_request(config):
+    s = PrefillScheduler(replace(config, long_prefill_token_threshold=8))
+    s.add_request(Request("long", prompt(30)))
+    s.add_request(Request("short", prompt(5, start=60)))
+    d = s.schedule()
+    assert d.request_ids == ("long", "short") and list(np.diff(d.query_start_loc[:3])) == [8, 5]
+
+
+def test_requests_held_and_rows_per_batch_are_separate_limits(config):
+    cfg = replace(config, max_num_seqs=2, max_num_requests=5)
+    s = PrefillScheduler(cfg)
+    for i in range(5):
+        s.add_request(Request(f"r{i}", prompt(3, start=10 * i)))
+    with pytest.raises(SchedulerFull, match="5 request slots"):
+        s.add_request(Request("r5", prompt(3)))
+    d = s.schedule()
+    assert d.num_seqs == 2 and d.seq_capacity == 2

@@ -149,3 +149,34 @@ def test_logprobs_and_min_p_through_the_executor(backend_name):
     assert out.token_ids["g"] == int(np.argmax(logits[0]))
     assert out.token_ids["m"] == int(np.argmax(logits[1]))  # min_p 1: only the max survives
     assert set(out.logprobs) == {"g", "m", "s"}
+
+
+def test_a_stale_descriptor_never_overwrites_the_kv_of_the_request_that_got_its_blocks(
+    backend_name,
+):
+    from dataclasses import replace
+
+    from graphbatch.executor import GraphExecutor
+    from graphbatch.executor.models import TinyDecoder
+    from graphbatch.scheduler import PrefillScheduler, StaleDescriptor
+
+    from .helpers import MODEL, SCHED
+
+    cfg = replace(SCHED, num_kv_blocks=4)  # 3 usable blocks: b must reuse a's
+    ex = GraphExecutor(TinyDecoder(MODEL), cfg, backend=backend_name)
+    s = PrefillScheduler(cfg)
+    s.add_request(requests([("a", 20, {})])[0])
+    d = s.schedule()
+    s.abort("a")  # a's blocks go back ...
+    s.add_request(requests([("b", 20, {})], seed=3)[0])  # ... and b gets them
+    assert set(s.block_ids("b")) & set(d.block_tables[0].tolist())
+    d_b = s.schedule()
+    s.update(d_b, ex.execute(d_b).sampled)  # b's KV is written
+    caches = [ex.backend.to_numpy(c).copy() for c in ex.model.k_cache + ex.model.v_cache]
+    with pytest.raises(StaleDescriptor, match="'a'"):
+        ex.execute(d)  # the old step of "a"
+    after = [ex.backend.to_numpy(c) for c in ex.model.k_cache + ex.model.v_cache]
+    assert all(np.array_equal(x, y) for x, y in zip(caches, after, strict=True))
+    first = s.first_token("b")
+    assert s.update(d, [1] * d.seq_capacity) == []  # a's row is skipped, b is untouched
+    assert s.state_of("b").value == "transferring" and s.first_token("b") == first

@@ -230,18 +230,21 @@ class PrefillScheduler:
                 seq.first_token, seq.state = int(tokens[i]), SeqState.TRANSFERRING
                 del self._prefilling[rid]
                 moved.append(rid)
-        self._cache_written_blocks(d)
+        self._cache_written_blocks(d, tokens)
         self._outstanding.discard(d.step)
         return moved
 
-    def _cache_written_blocks(self, d: BatchDescriptor) -> None:
-        """The step's KV is written: its rows' newly full blocks enter the prefix cache."""
+    def _cache_written_blocks(self, d: BatchDescriptor, tokens: np.ndarray) -> None:
+        """The step's KV is written: its rows' newly full blocks enter the prefix cache
+        (not a row the executor flagged: its KV may be garbage)."""
         cache, bs = self.blocks.cache, self.config.block_size
         if cache is None:
             return
         for i, rid in enumerate(d.request_ids):
             seq = self._seqs.get(rid)
             if seq is None or seq.arrival != d.arrivals[i]:
+                continue
+            if d.sample_mask[i] and tokens[i] < 0:
                 continue
             for j in range(len(seq.block_keys), int(d.seq_lens[i]) // bs):
                 toks = seq.prompt[j * bs : (j + 1) * bs]

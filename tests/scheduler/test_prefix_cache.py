@@ -125,3 +125,12 @@ def test_requests_held_and_rows_per_batch_are_separate_limits(config):
         s.add_request(Request("r5", prompt(3)))
     d = s.schedule()
     assert d.num_seqs == 2 and d.seq_capacity == 2
+
+
+def test_a_flagged_row_never_feeds_the_cache(config):
+    s = PrefillScheduler(config)
+    s.add_request(Request("a", prompt(13)))
+    d = s.schedule()
+    s.update(d, [-1] * d.seq_capacity)  # the executor could not sample a (NaN logits)
+    s.add_request(Request("b", prompt(13)))
+    assert s.num_cached("b") == 0 and s.stats().cached_blocks == 0

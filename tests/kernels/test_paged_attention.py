@@ -96,3 +96,22 @@ def test_bad_block_id_is_redirected_and_counted(device):
     np.testing.assert_allclose(
         got[first_bad - 8 : first_bad], exp[first_bad - 8 : first_bad], atol=ATOL
     )  # r1's tokens before the bad block are fine too
+
+
+@pytest.mark.parametrize(
+    "make_out,match",
+    [
+        (lambda q: torch.empty(q.shape[0] - 1, *q.shape[1:]), "out must be"),  # too small
+        (lambda q: torch.empty(q.shape, dtype=torch.int32), "out must be"),  # wrong dtype
+        (lambda q: torch.empty(q.shape[2], q.shape[1], q.shape[0]).permute(2, 1, 0), "contiguous"),
+    ],
+)
+def test_out_is_checked_before_anything_is_written(make_out, match):
+    # (an undersized out once made the kernel write past it: heap corruption)
+    d, q, kc, vc = setup()
+    t = torch.from_numpy
+    with pytest.raises(ValueError, match=match):
+        paged_attention(
+            t(q), t(kc), t(vc), t(d.block_tables), t(d.query_start_loc), t(d.seq_lens),
+            t(d.positions), d.block_size, 0.25, out=make_out(q),
+        )  # fmt: skip

@@ -154,9 +154,10 @@ class PrefillScheduler:
         cap = cfg.long_prefill_token_threshold or budget
         chunks: list[tuple[Sequence, int, int]] = []
         for seq in self._prefilling.values():  # transferring requests cost nothing
-            if seq.remaining <= 0:
+            left = seq.prompt_len - seq.num_scheduled  # (seq.remaining, once: hot loop)
+            if left <= 0:
                 continue  # fully scheduled, its last chunk still in flight
-            n = min(seq.remaining, budget, cap)
+            n = min(left, budget, cap)
             chunks.append((seq, seq.num_scheduled, n))
             budget -= n
             if budget == 0 or len(chunks) == cfg.max_num_seqs:

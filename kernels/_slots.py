@@ -33,11 +33,11 @@ def check_indices(indices: Any) -> torch.Tensor:
 
 
 def block_d(D: int) -> int:
-    return min(rt.next_pow2(D), 4096 if rt.interpreting() else 1024)
+    return min(rt.next_pow2(D), 1024 if rt.gpu_tiles() else 4096)
 
 
 def rows_per_program(T: int, D: int) -> int:
     # the interpreter pays per program: hand it several rows at once
-    if not rt.interpreting():
+    if rt.gpu_tiles():
         return 1
     return max(1, min(rt.next_pow2(T), (1 << 16) // block_d(D), 256))

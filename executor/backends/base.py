@@ -73,10 +73,6 @@ class Backend(ABC):
     @abstractmethod
     def capture(self, fn: Callable[[], Any], pool: Any) -> Graph: ...
 
-    def allocated_bytes(self) -> int | None:
-        """Framework allocator's bytes in use on the device (None when unknown)."""
-        return None
-
     def reserved_bytes(self) -> int | None:
         """Bytes the framework's allocator holds from the driver, graph pools included
         (None when unknown)."""

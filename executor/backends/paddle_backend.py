@@ -113,11 +113,6 @@ class PaddleBackend(Backend):
             g.capture_end()
         return _PaddleGraph(g)
 
-    def allocated_bytes(self):
-        if not self.is_cuda:
-            return None
-        return int(self.paddle.device.cuda.memory_allocated())
-
     def reserved_bytes(self):
         if not self.is_cuda:
             return None

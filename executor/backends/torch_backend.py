@@ -92,9 +92,6 @@ class TorchBackend(Backend):
             fn()
         return _TorchGraph(g)
 
-    def allocated_bytes(self):
-        return int(self.torch.cuda.memory_allocated(self._device)) if self.is_cuda else None
-
     def reserved_bytes(self):
         # a graph's private pool counts here, not in memory_allocated
         return int(self.torch.cuda.memory_reserved(self._device)) if self.is_cuda else None

@@ -18,9 +18,9 @@ from dataclasses import replace
 import numpy as np
 from graphbatch.executor import GraphExecutor
 from graphbatch.executor.models import TinyDecoder, preset
-from graphbatch.executor.serving import RunStats, ServingLoop
 from graphbatch.scheduler import PrefillScheduler, SchedulerConfig
 from graphbatch.scheduler.workload import ChatWorkload, chat_sessions
+from graphbatch.serving import RunStats, ServingLoop
 
 WORKLOADS = {
     "chat (make run)": (ChatWorkload(num_sessions=8, rounds=3), 8),

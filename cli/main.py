@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
         _unavailable(sub, e)
     else:
         run_cmd.add_parser(sub)
+        from . import receive_cmd
+
+        receive_cmd.add_parser(sub)
     return p
 
 

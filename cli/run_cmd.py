@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from graphbatch.executor import BackendUnavailable, GraphExecutor, get_backend
 from graphbatch.executor.models import TinyDecoder, preset
-from graphbatch.executor.serving import RunStats, ServingLoop, percentile
 from graphbatch.profiling import MemoryTracker, cuda_profiler_window
 from graphbatch.scheduler import PrefillScheduler, SchedulerConfig
 from graphbatch.scheduler.workload import ChatWorkload, chat_sessions
+from graphbatch.serving import RunStats, ServingLoop, percentile
 
 # Per model preset: token budget, max_num_seqs, max_model_len.
 SIZES = {"tiny": (256, 16, 1024), "small": (2048, 64, 4096), "large": (8192, 64, 4096)}
@@ -41,6 +41,31 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "--report", metavar="DIR", default=None, help="write summary.json and PNG plots into DIR"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--transfer",
+        choices=["nixl", "none"],
+        default="nixl",
+        help="send each request's KV cache to a decode receiver over NIXL (default), "
+        "or simulate it (none)",
+    )
+    p.add_argument(
+        "--receiver",
+        metavar="HOST:PORT",
+        default=None,
+        help="a running 'graphbatch receive' (default: start one locally)",
+    )
+    p.add_argument(
+        "--verify-transfer",
+        action="store_true",
+        help="checksum every request's KV on both sides; a mismatch fails the request",
+    )
+    p.add_argument(
+        "--transfer-deadline",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="abort a request whose KV the receiver has not acked S seconds after it was complete",
+    )
 
 
 def add_parser(sub) -> None:
@@ -70,6 +95,17 @@ def check_args(args: argparse.Namespace) -> str | None:
     for flag, (value, lo, hi) in ranges.items():
         if value is not None and not lo <= value <= hi:
             return f"{flag} must be in [{lo}, {hi}], got {value}"
+    if not 0 < args.transfer_deadline <= 3600:
+        return f"--transfer-deadline must be in (0, 3600] seconds, got {args.transfer_deadline}"
+    if args.transfer == "none" and (args.receiver or args.verify_transfer):
+        return "--receiver and --verify-transfer need --transfer nixl"
+    if args.receiver is not None:
+        from graphbatch.transfer.wire import parse_address
+
+        try:
+            parse_address(args.receiver)
+        except ValueError as e:
+            return f"--receiver: {e}"
     if args.report is not None:
         import os
 
@@ -133,8 +169,16 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def _ms(xs: list[float], q: float | None = None) -> float | None:
+    if not xs:
+        return None
+    v = float(np.mean(xs)) if q is None else percentile(xs, q)
+    return round(1e3 * v, 2)
+
+
 def summarize(stats: RunStats, ex: GraphExecutor, args, peak: str, total: int) -> dict[str, Any]:
     ms = [t * 1e3 for t in stats.ttft_s]
+    lat, dttft = stats.transfer_latency_s, stats.decode_ttft_s
     return {
         "backend": ex.backend.name,
         "device": ex.backend.device,
@@ -159,6 +203,15 @@ def summarize(stats: RunStats, ex: GraphExecutor, args, peak: str, total: int) -
             if stats.first_token_logprobs
             else None
         ),
+        "transfer": args.transfer,
+        "transfer_verified": bool(args.transfer == "nixl" and args.verify_transfer),
+        "transfer_bytes": stats.transfer_bytes,
+        "transfer_gbps": round(stats.transfer_gbps, 4),
+        "transfer_ms_p50": _ms(lat, 50),
+        "transfer_ms_p90": _ms(lat, 90),
+        "decode_ttft_ms_mean": _ms(dttft),
+        "decode_ttft_ms_p50": _ms(dttft, 50),
+        "decode_ttft_ms_p90": _ms(dttft, 90),
         "graph_replays": {str(k): v for k, v in sorted(ex.replays.items())},
         "eager_runs": {str(k): v for k, v in sorted(ex.eager_runs.items())},
         "graph_memory_bytes": {str(k): v for k, v in sorted(ex.graph_memory.items())},
@@ -184,6 +237,14 @@ def print_table(summary: dict[str, Any]) -> None:
             "TTFT mean / P50 / P90",
             f"{summary['ttft_ms_mean']} / {summary['ttft_ms_p50']} / {summary['ttft_ms_p90']} ms",
         ),
+        ("KV transfer", _transfer_row(summary)),
+        (
+            "decode-side TTFT mean / P50 / P90",
+            f"{summary['decode_ttft_ms_mean']} / {summary['decode_ttft_ms_p50']} / "
+            f"{summary['decode_ttft_ms_p90']} ms"
+            if summary["transfer"] == "nixl"
+            else "n/a (--transfer none)",
+        ),
         ("padding waste", f"{summary['padding_waste_pct']} %"),
         ("first-token logprob mean", summary["first_token_logprob_mean"]),
         ("graph replays per bucket", summary["graph_replays"] or "none (eager)"),
@@ -192,6 +253,33 @@ def print_table(summary: dict[str, Any]) -> None:
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+def _transfer_row(summary: dict[str, Any]) -> str:
+    if summary["transfer"] != "nixl":
+        return "simulated (--transfer none): blocks freed after the first token"
+    return (
+        f"NIXL, {summary['transfer_bytes'] / 2**20:.1f} MiB at {summary['transfer_gbps']} GB/s, "
+        f"latency P50 / P90 {summary['transfer_ms_p50']} / {summary['transfer_ms_p90']} ms"
+        + (", checksums verified" if summary["transfer_verified"] else "")
+    )
+
+
+def _start_transfer(args, ex: GraphExecutor, sched_cfg, stack: contextlib.ExitStack):
+    """The KVSender, connected to ``--receiver`` or to a receiver process started here."""
+    from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess
+
+    memory = ex.kv_memory()
+    if args.receiver is None:
+        cfg = ReceiverConfig(memory.layout, sched_cfg.num_kv_blocks, verify=args.verify_transfer)
+        address = stack.enter_context(ReceiverProcess(cfg)).address
+    else:
+        address = args.receiver
+    sender = KVSender(
+        memory, address, verify=args.verify_transfer, deadline_s=args.transfer_deadline
+    )
+    stack.callback(sender.close)
+    return sender
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,9 +317,23 @@ def run(args: argparse.Namespace) -> int:
             opened = stack.enter_context(cuda_profiler_window())
             if not opened:
                 print("profile: no CUDA runtime, no profiler window", file=sys.stderr)
+        sender = None
+        if args.transfer == "nixl":
+            from graphbatch.transfer import TransferError
+
+            try:
+                sender = _start_transfer(args, ex, sched_cfg, stack)
+            except (TransferError, RuntimeError) as e:
+                print(f"graphbatch run: KV transfer: {e}", file=sys.stderr)
+                return 1
         progress = Progress(total, args.quiet)
         loop = ServingLoop(
-            PrefillScheduler(sched_cfg), ex, sessions, args.concurrency, on_step=progress
+            PrefillScheduler(sched_cfg),
+            ex,
+            sessions,
+            args.concurrency,
+            on_step=progress,
+            sender=sender,
         )
         interrupted = False
         try:

@@ -61,6 +61,21 @@ class GraphExecutor:
         self.replays: Counter[int] = Counter()
         self.eager_runs: Counter[int] = Counter()
 
+    # ---- what a KV transfer needs ----------------------------------------------
+    def kv_memory(self):
+        """The model's paged KV cache (``model.kv_caches()``) as ``KVMemory`` for a
+        ``graphbatch.transfer.KVSender``."""
+        from .kv_export import kv_memory
+
+        if not hasattr(self.model, "kv_caches"):
+            raise TypeError(f"{type(self.model).__name__} has no kv_caches(): nothing to send")
+        return kv_memory(self.model.kv_caches(), self.config)
+
+    def step_event(self):
+        """Recorded after the last executed step: ``query()`` true once its KV writes are
+        complete (None on CPU: they are)."""
+        return self.backend.record_event()
+
     # ---- one step, the code every path shares --------------------------------
     def _forward_and_sample(self, bucket: int) -> None:
         b = self.buffers

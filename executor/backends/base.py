@@ -78,6 +78,11 @@ class Backend(ABC):
         (None when unknown)."""
         return None
 
+    def record_event(self) -> Any:
+        """An event recorded on the current stream after the work queued so far, with
+        ``query()`` true once that work finished (None on CPU: it already has)."""
+        return None
+
     def release_cached(self) -> None:  # noqa: B027  (optional hook: CPU has no cache)
         """Return the allocator's unused cached blocks to the driver (no-op on CPU)."""
 

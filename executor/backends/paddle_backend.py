@@ -118,6 +118,13 @@ class PaddleBackend(Backend):
             return None
         return int(self.paddle.device.cuda.memory_reserved())
 
+    def record_event(self):
+        if not self.is_cuda:
+            return None
+        ev = self.paddle.device.cuda.Event()
+        ev.record()  # on the current stream, after the step's kernels
+        return ev
+
     def release_cached(self):
         if self.is_cuda:
             self.paddle.device.cuda.empty_cache()

@@ -96,6 +96,13 @@ class TorchBackend(Backend):
         # a graph's private pool counts here, not in memory_allocated
         return int(self.torch.cuda.memory_reserved(self._device)) if self.is_cuda else None
 
+    def record_event(self):
+        if not self.is_cuda:
+            return None
+        ev = self.torch.cuda.Event()
+        ev.record()  # on the current stream, after the step's kernels
+        return ev
+
     def release_cached(self):
         if self.is_cuda:
             self.torch.cuda.empty_cache()

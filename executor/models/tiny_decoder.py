@@ -16,6 +16,7 @@ import numpy as np
 from graphbatch.kernels import gather_slots, scatter_slots
 from graphbatch.kernels.paged_attention import paged_attention
 from graphbatch.scheduler import SchedulerConfig
+from graphbatch.transfer.layout import KVLayout
 
 from ..backends import Backend
 from ..static_buffers import ModelInputs
@@ -48,6 +49,12 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def kv_layout(self, block_size: int) -> KVLayout:
+        """The paged cache's transfer layout (what a decode receiver must match)."""
+        itemsize = 4 if self.dtype == "float32" else 2
+        row = self.num_kv_heads * self.head_dim * itemsize  # one token's K (or V)
+        return KVLayout(2 * self.num_layers, block_size * row)
 
 
 PRESETS = {
@@ -124,6 +131,11 @@ class TinyDecoder:
         self.v_cache = [backend.empty(cache_shape, c.dtype) for _ in range(c.num_layers)]
         for cache in self.k_cache + self.v_cache:
             backend.fill(cache, 0.0)
+
+    def kv_caches(self) -> list[Any]:
+        """Every layer's paged K and V cache ([num_slots, kv_heads, head_dim] each),
+        in the order a KV transfer pairs them with the decode side's: K0, V0, K1, ..."""
+        return [t for kv in zip(self.k_cache, self.v_cache, strict=True) for t in kv]
 
     def _rms(self, x: Any, weight: Any) -> Any:
         b = self.backend

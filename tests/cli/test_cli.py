@@ -93,7 +93,7 @@ def test_bad_flags_exit_2_naming_the_flag_before_any_work(capsys, argv, flag):
 
 
 def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch):
-    from graphbatch.executor.serving import ServingLoop
+    from graphbatch.serving import ServingLoop
 
     step = ServingLoop._step
     calls = []

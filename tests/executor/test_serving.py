@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from graphbatch.executor import GraphExecutor
 from graphbatch.executor.models import TinyDecoder
-from graphbatch.executor.serving import ServingLoop
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams
 from graphbatch.scheduler.workload import Turn
+from graphbatch.serving import ServingLoop
 
 from .helpers import MODEL, SCHED
 

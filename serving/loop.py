@@ -1,5 +1,9 @@
-"""An end-to-end prefill-instance loop: scheduler -> executor -> first tokens ->
-simulated KV transfer -> release, over multi-round chat sessions."""
+"""The prefill instance's loop: scheduler -> executor -> first tokens -> KV transfer to
+the decode instance -> release, over multi-round chat sessions.
+
+With a ``KVSender`` each request's blocks stay held until the decode receiver acked
+its KV; without one the transfer is simulated (released before the next step).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from graphbatch.executor import BoundsError, GraphExecutor
 from graphbatch.profiling import nvtx_range
 from graphbatch.scheduler import PrefillScheduler, SchedulerFull
 from graphbatch.scheduler.workload import Turn
-
-from .errors import BoundsError
-from .graph_executor import GraphExecutor
+from graphbatch.transfer import KVSender, Progress
 
 log = logging.getLogger("graphbatch.serving")
 
@@ -34,6 +37,23 @@ class RunStats:
     failed: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)  # failed request id -> why
     step_times: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
+    # KV transfer (empty without a sender): per request, KV complete -> decode acked;
+    # decode-side TTFT = submitted -> first token and KV both at the decode instance
+    transfer_latency_s: list[float] = field(default_factory=list)
+    decode_ttft_s: list[float] = field(default_factory=list)
+    transfer_bytes: int = 0
+    transfer_spans: list[tuple[float, float]] = field(default_factory=list)  # posted, acked
+
+    @property
+    def transfer_gbps(self) -> float:
+        """Bytes acked / time with at least one write in flight (overlapping writes count
+        once)."""
+        busy, end = 0.0, float("-inf")
+        for a, b in sorted(self.transfer_spans):
+            if b > end:
+                busy += b - max(a, end)
+                end = b
+        return self.transfer_bytes / busy / 1e9 if busy > 0 else 0.0
 
     @property
     def padding_waste(self) -> float:
@@ -55,6 +75,7 @@ class ServingLoop:
         sessions: list[list[Turn]],
         concurrency: int,
         on_step: Callable[[RunStats], None] | None = None,
+        sender: KVSender | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -65,7 +86,9 @@ class ServingLoop:
         self.ready_at: dict[str, float] = {}  # request id -> when it could be submitted
         self.admitted: set[int] = set()  # id() of turns the scheduler holds
         self.first_try: dict[int, float] = {}  # id(turn) -> first admission attempt
-        self.transferring: list[str] = []
+        self.transferring: list[str] = []  # simulated transfer: released next iteration
+        self.prefill_ttft: dict[str, float] = {}  # first token sampled, KV not yet sent
+        self.sender = sender
         self.on_step = on_step
         self.stats = RunStats()
 
@@ -111,18 +134,38 @@ class ServingLoop:
     def _turns_of(self, rid: str) -> deque[Turn]:
         return next(t for t in self.active if t[0].request.request_id == rid)
 
-    def _release_transferred(self) -> None:
-        # simulated KV transfer: sent by the time the next step is planned
-        for rid in self.transferring:
-            self.sched.release(rid)
-            self._finish_turn(self._turns_of(rid))
-        self.transferring = []
+    def _release_transferred(self, wait_s: float = 0.0) -> None:
+        if self.sender is None:  # simulated: sent by the time the next step is planned
+            now = time.perf_counter()
+            for rid in self.transferring:
+                self._sent(rid, now)
+            self.transferring = []
+            return
+        with nvtx_range("kv-transfer", color="green"):
+            p: Progress = self.sender.wait(wait_s) if wait_s else self.sender.progress()
+        for s in p.sent:
+            self.stats.transfer_latency_s.append(s.latency_s)
+            self.stats.transfer_bytes += s.nbytes
+            self.stats.transfer_spans.append((s.acked_at - s.write_s, s.acked_at))
+            self.stats.decode_ttft_s.append(s.acked_at - self.ready_at[s.request_id])
+            self._sent(s.request_id, s.acked_at)
+        for a in p.aborted:  # its blocks are free of NIXL now: the scheduler may reuse them
+            self.prefill_ttft.pop(a.request_id, None)
+            self.sched.abort(a.request_id)
+            self._finish_turn(self._turns_of(a.request_id), failed=f"KV transfer: {a.reason}")
+
+    def _sent(self, rid: str, now: float) -> None:
+        self.sched.release(rid)
+        self.stats.requests += 1
+        self.stats.ttft_s.append(self.prefill_ttft.pop(rid))
+        self._finish_turn(self._turns_of(rid))
 
     def _step(self) -> bool:
         with nvtx_range("schedule", color="yellow"):
             d = self.sched.schedule()
         if d is None:
             return False
+        announced = self._announce(d)
         t0 = time.perf_counter()
         try:
             out = self.ex.execute(d)
@@ -137,10 +180,17 @@ class ServingLoop:
             self._finish_turn(self._turns_of(rid), failed="logits had NaN or no finite value")
         moved = self.sched.update(d, out.sampled)
         for rid in moved:
-            self.stats.ttft_s.append(now - self.ready_at[rid])
+            self.prefill_ttft[rid] = now - self.ready_at[rid]
             self.stats.first_token_logprobs.append(out.logprobs[rid])
-            self.stats.requests += 1
-        self.transferring.extend(moved)
+        if self.sender is None:
+            self.transferring.extend(moved)
+        else:  # every step registers (an empty list too) and signals its KV readiness
+            blocks = [(r, self.sched.block_ids(r), self.sched.first_token(r)) for r in moved]
+            self.sender.register(d.step, blocks)
+            self.sender.ready(d.step, self.ex.step_event())
+            for rid in announced - set(moved):  # aborted before its first token
+                self.sender.withdraw(rid)
+            self._release_transferred()  # post the writes now: they overlap the next step
         s = self.stats
         s.steps += 1
         s.computed_tokens += d.num_tokens
@@ -149,6 +199,18 @@ class ServingLoop:
         s.padded_tokens += d.token_capacity
         s.step_times.append((t0, now))
         return True
+
+    def _announce(self, d) -> set[str]:
+        """Requests whose prompt this step finishes: the decode side allocates their
+        blocks while the step runs."""
+        if self.sender is None:
+            return set()
+        out = set()
+        for i in np.flatnonzero(d.sample_mask[: d.num_seqs]):
+            rid = d.request_ids[i]
+            self.sender.announce(rid, len(self.sched.block_ids(rid)))
+            out.add(rid)
+        return out
 
     def run(self) -> RunStats:
         start = time.perf_counter()
@@ -165,6 +227,9 @@ class ServingLoop:
             self._admit(time.perf_counter())
             if self._step() or self.transferring:
                 stalled = 0
+            elif self.sender is not None and self.sender.in_flight:
+                stalled = 0  # nothing to compute: wait on the receiver (its deadline bounds it)
+                self._release_transferred(wait_s=0.005)
             else:
                 stalled += 1
                 if stalled > 2:

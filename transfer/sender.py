@@ -1,0 +1,408 @@
+"""KVSender: the prefill side of the KV hand-off.
+
+Per request: ``register`` (from ``update()``: the request, its blocks, the step that
+finished its prompt) announces it to the receiver, which allocates destination blocks;
+``ready`` (the step's KV is complete) releases it to be written; one NIXL WRITE moves
+every layer's blocks with a notification; the receiver checks and acks; ``progress``
+reports it sent, and only then may the engine free the blocks. Anything that goes wrong
+(receiver refused, killed, frozen past the deadline) aborts exactly the requests it
+touched, with the reason; the source blocks stay held until NIXL let go of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import wire
+from .engine import NixlEngine, PeerDisconnected, TransferError
+from .join import StepJoin
+from .layout import KVLayout, KVMemory, check_blocks
+
+log = logging.getLogger("graphbatch.transfer")
+
+
+@dataclass(frozen=True)
+class Sent:
+    request_id: str
+    nbytes: int
+    latency_s: float  # KV complete on this side -> receiver acked it
+    write_s: float  # write posted -> receiver acked it
+    dst_blocks: tuple[int, ...]
+    acked_at: float  # time.perf_counter()
+
+
+@dataclass(frozen=True)
+class Aborted:
+    request_id: str
+    reason: str
+
+
+@dataclass
+class Progress:
+    sent: list[Sent] = field(default_factory=list)
+    aborted: list[Aborted] = field(default_factory=list)
+
+
+@dataclass
+class _Req:
+    rid: str
+    blocks: np.ndarray
+    first_token: int
+    ready_at: float | None = None
+    dst: np.ndarray | None = None
+    handle: Any = None
+    posted_at: float = 0.0
+    written: bool = False
+    abort: str | None = None  # set: aborting, waiting for NIXL to let go of the blocks
+
+
+@dataclass
+class _Early:
+    num_blocks: int
+    dst: np.ndarray | None = None
+    refused: str | None = None
+
+
+class KVSender:
+    """``memory`` describes this side's cache (``GraphExecutor.kv_memory()``);
+    ``address`` is the receiver's control address ``(host, port)`` or ``"host:port"``."""
+
+    def __init__(
+        self,
+        memory: KVMemory,
+        address: tuple[str, int] | str,
+        *,
+        deadline_s: float = 30.0,
+        verify: bool = False,
+        authkey: bytes | None = None,
+        connect_timeout_s: float = 30.0,
+        engine: NixlEngine | None = None,
+    ) -> None:
+        if not isinstance(memory, KVMemory):
+            raise TypeError(f"memory must be a KVMemory, got {type(memory).__name__}")
+        if not deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+        addr = wire.parse_address(address) if isinstance(address, str) else tuple(address)
+        self.memory, self.deadline_s, self.verify = memory, float(deadline_s), bool(verify)
+        self.block_nbytes = memory.layout.num_tensors * memory.layout.block_bytes
+        self.engine = engine or NixlEngine(memory)
+        self._join: StepJoin[_Req] = StepJoin()
+        self._reqs: dict[str, _Req] = {}  # registered, not yet sent or aborted
+        self._early: dict[str, _Early] = {}  # announced before their step registered
+        self._done = Progress()
+        self.disconnected: str | None = None
+        self.bytes_sent = 0
+        self._held: tuple[float, Any] | None = None  # taken from the inbox by wait()
+        try:
+            self._conn = wire.connect(addr, authkey)
+        except OSError as e:
+            self.engine.close()
+            raise TransferError(f"cannot reach the decode receiver at {addr}: {e}") from None
+        self._handshake(connect_timeout_s)
+        # One I/O thread reads the receiver's messages as they come (so an ack's time is
+        # when it arrived, not when the serving loop next looked) and drives NIXL while
+        # writes are in flight; all state changes stay on the caller's thread.
+        self._inbox: queue.Queue[tuple[float, Any]] = queue.Queue()
+        self._closing = False
+        self._io = threading.Thread(target=self._read_loop, daemon=True, name="kv-sender-io")
+        self._io.start()
+
+    def _read_loop(self) -> None:
+        while not self._closing:
+            busy = self.engine.busy
+            try:
+                if self._conn.poll(0.0005 if busy else 0.02):
+                    self._inbox.put((time.perf_counter(), wire.recv(self._conn)))
+                    continue
+            except (EOFError, OSError, wire.ProtocolError) as e:
+                if not self._closing:
+                    self._inbox.put((time.perf_counter(), e))
+                return
+            if busy:
+                self.engine.drive()
+
+    def _handshake(self, timeout_s: float) -> None:
+        m = self.memory
+        wire.send(
+            self._conn,
+            wire.HELLO,
+            agent=self.engine.agent_name,
+            metadata=wire.b64(self.engine.metadata()),
+            layout=m.layout.to_json(),
+        )
+        if not self._conn.poll(timeout_s):
+            self.close()
+            raise TransferError(f"the decode receiver did not answer within {timeout_s} s")
+        try:
+            msg = wire.recv(self._conn)
+            if msg["type"] == wire.REFUSED:
+                raise TransferError(f"the decode receiver refused: {msg.get('reason')}")
+            if msg["type"] != wire.WELCOME:
+                raise wire.ProtocolError(f"expected welcome, got {msg['type']!r}")
+            remote = KVMemory(
+                KVLayout.from_json(wire.field(msg, "layout", dict)),
+                tuple(wire.field(msg, "bases", list)),
+                wire.field(msg, "num_blocks", int),
+                wire.field(msg, "mem_type", str),
+                wire.field(msg, "device_id", int),
+            )
+            if remote.layout != m.layout:
+                raise TransferError(f"KV layouts differ: here {m.layout}, receiver {remote.layout}")
+            self.peer = self.engine.add_peer(wire.unb64(wire.field(msg, "metadata", str)), remote)
+        except (EOFError, OSError, ValueError) as e:
+            self.close()
+            raise TransferError(f"handshake with the decode receiver failed: {e}") from None
+        self.remote = remote
+
+    # ---- the two input streams ---------------------------------------------------
+    def announce(self, request_id: str, num_blocks: int) -> None:
+        """Optional, before the step that finishes the request's prompt runs: the
+        receiver allocates its blocks meanwhile, so the write can start right after."""
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request id {request_id!r} is not a non-empty str")
+        if request_id in self._reqs or request_id in self._early:
+            raise ValueError(f"request {request_id!r}: already in flight")
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int | np.integer):
+            raise ValueError(f"request {request_id!r}: num_blocks {num_blocks!r} is not an int")
+        if not 1 <= num_blocks <= self.remote.num_blocks:
+            raise ValueError(
+                f"request {request_id!r}: {num_blocks} blocks, the receiver has "
+                f"{self.remote.num_blocks}"
+            )
+        self._early[request_id] = _Early(int(num_blocks))
+        self._send(wire.ALLOC, rid=request_id, num_blocks=int(num_blocks))
+
+    def withdraw(self, request_id: str) -> bool:
+        """An announced request that will not be registered (aborted before its first
+        token): the receiver frees its blocks. False if it was not announced."""
+        if self._early.pop(request_id, None) is None:
+            return False
+        self._send(wire.ABORT, rid=request_id, reason="withdrawn before its KV was complete")
+        return True
+
+    def register(self, step: int, requests: list[tuple[str, Any, int]]) -> None:
+        """The requests (id, block ids, first token) whose prompt finished in ``step``.
+        Call it once per step, with an empty list too. Raises ValueError (nothing
+        changes) for a bad entry or an id already in flight."""
+        reqs, seen = [], set()
+        for i, entry in enumerate(requests):
+            if not isinstance(entry, tuple) or len(entry) != 3:
+                raise ValueError(f"step {step} entry {i}: expected (id, blocks, first_token)")
+            rid, blocks, tok = entry
+            if not isinstance(rid, str) or not rid:
+                raise ValueError(f"step {step} entry {i}: request id {rid!r} is not a str")
+            if rid in self._reqs or rid in seen:
+                raise ValueError(f"request {rid!r}: already in flight")
+            arr = check_blocks(blocks, self.memory.num_blocks, f"request {rid!r}")
+            if arr.size > self.remote.num_blocks:
+                raise ValueError(
+                    f"request {rid!r}: {arr.size} blocks > the receiver's {self.remote.num_blocks}"
+                )
+            if isinstance(tok, bool) or not isinstance(tok, int | np.integer):
+                raise ValueError(f"request {rid!r}: first token {tok!r} is not an int")
+            early = self._early.get(rid)
+            if early is not None and early.num_blocks != arr.size:
+                raise ValueError(
+                    f"request {rid!r}: announced with {early.num_blocks} blocks, "
+                    f"registered with {arr.size}"
+                )
+            seen.add(rid)
+            reqs.append(_Req(rid, arr, int(tok)))
+        self._join.register(step, reqs)  # raises on a repeated step: nothing changed
+        for r in reqs:
+            self._reqs[r.rid] = r
+            early = self._early.pop(r.rid, None)
+            if early is None:
+                self._send(wire.ALLOC, rid=r.rid, num_blocks=int(r.blocks.size))
+            else:
+                r.dst, r.abort = early.dst, early.refused
+
+    def ready(self, step: int, event: Any = None) -> None:
+        """The step's KV writes are complete (now, or once ``event.query()``)."""
+        self._join.ready(step, event)
+
+    def cancel(self, request_id: str, reason: str = "cancelled") -> None:
+        """Abort a request in flight (reported by ``progress()``, blocks held till then)."""
+        r = self._reqs.get(request_id)
+        if r is None:
+            raise KeyError(f"request {request_id!r} is not in flight")
+        r.abort = r.abort or reason
+        if r.ready_at is not None:
+            self._finish_abort(r)
+
+    # ---- driving it --------------------------------------------------------------
+    def progress(self) -> Progress:
+        """Advance every request; returns what was sent and aborted since last call."""
+        now = time.perf_counter()
+        for _, r in self._join.pop():
+            r.ready_at = now
+        self._drain()
+        for r in list(self._reqs.values()):
+            if r.ready_at is None:
+                continue  # its step's KV is not complete: nothing may read it yet
+            if r.abort is None and self.disconnected:
+                r.abort = f"decode receiver disconnected: {self.disconnected}"
+            if r.abort is None and now - r.ready_at > self.deadline_s:
+                r.abort = f"transfer deadline {self.deadline_s:g} s passed ({self._stage(r)})"
+            if r.abort is not None:
+                self._finish_abort(r)
+            elif r.handle is None and r.dst is not None:
+                self._post(r)
+            elif r.handle is not None and not r.written:
+                self._poll(r)
+        out, self._done = self._done, Progress()
+        return out
+
+    def wait(self, timeout_s: float) -> Progress:
+        """Block up to ``timeout_s`` for a receiver message, then ``progress()``."""
+        if not self.disconnected and self._reqs and self._inbox.empty():
+            try:
+                self._held = self._inbox.get(timeout=timeout_s)
+            except queue.Empty:
+                pass
+        return self.progress()
+
+    @property
+    def in_flight(self) -> list[str]:
+        return list(self._reqs)
+
+    def _stage(self, r: _Req) -> str:
+        if r.dst is None:
+            return "no destination blocks from the receiver"
+        return "written, not acked" if r.written else "write not complete"
+
+    def _post(self, r: _Req) -> None:
+        notif = {"rid": r.rid, "tok": r.first_token}
+        if self.verify:
+            notif["sum"] = self.memory.checksum(r.blocks)
+        try:
+            r.handle = self.engine.write(self.peer, r.blocks, r.dst, json.dumps(notif).encode())
+            r.posted_at = time.perf_counter()
+        except PeerDisconnected as e:
+            self._lost(str(e))
+            r.abort = f"decode receiver disconnected: {e}"
+            self._finish_abort(r)
+        except TransferError as e:
+            r.abort = str(e)
+            self._finish_abort(r)
+
+    def _poll(self, r: _Req) -> None:
+        try:
+            r.written = self.engine.poll(r.handle)
+        except PeerDisconnected as e:
+            self._lost(str(e))
+            r.abort = f"decode receiver disconnected: {e}"
+            self._finish_abort(r)
+        except TransferError as e:
+            r.abort = str(e)
+            self._finish_abort(r)
+
+    def _finish_abort(self, r: _Req) -> None:
+        if r.handle is not None:
+            if not self.engine.cancel(r.handle):
+                return  # NIXL may still read the blocks: keep them, retry next progress
+            r.handle = None
+        self._reqs.pop(r.rid, None)
+        self._send(wire.ABORT, rid=r.rid, reason=r.abort)
+        log.warning("KV transfer of %r aborted: %s", r.rid, r.abort)
+        self._done.aborted.append(Aborted(r.rid, str(r.abort)))
+
+    # ---- receiver messages -------------------------------------------------------
+    def _drain(self) -> None:
+        while not self.disconnected:
+            if self._held is not None:
+                (at, item), self._held = self._held, None
+            else:
+                try:
+                    at, item = self._inbox.get_nowait()
+                except queue.Empty:
+                    return
+            if isinstance(item, wire.ProtocolError):
+                self._lost(f"protocol error: {item}")
+            elif isinstance(item, BaseException):
+                self._lost(f"control connection closed ({type(item).__name__})")
+            else:
+                try:
+                    self._on_message(item, at)
+                except wire.ProtocolError as e:
+                    self._lost(f"protocol error: {e}")
+
+    def _on_message(self, msg: dict[str, Any], at: float) -> None:
+        kind = msg["type"]
+        rid = wire.field(msg, "rid", str)
+        early = self._early.get(rid)
+        if early is not None:  # announced, its step not registered yet
+            if kind == wire.ALLOCATED and early.dst is None:
+                blocks = msg.get("blocks")
+                early.dst = check_blocks(blocks, self.remote.num_blocks, f"request {rid!r}")
+            elif kind == wire.REFUSED:
+                early.refused = f"decode receiver refused: {msg.get('reason')}"
+            else:
+                raise wire.ProtocolError(f"{kind!r} for {rid!r} before its KV was registered")
+            return
+        r = self._reqs.get(rid)
+        if r is None or r.abort is not None:
+            return  # aborted here meanwhile; the receiver got (or gets) our abort
+        if kind == wire.ALLOCATED:
+            if r.dst is not None:
+                raise wire.ProtocolError(f"request {rid!r} allocated twice")
+            dst = check_blocks(msg.get("blocks"), self.remote.num_blocks, f"request {rid!r}")
+            if dst.size != r.blocks.size:
+                raise wire.ProtocolError(f"request {rid!r}: {dst.size} blocks for {r.blocks.size}")
+            r.dst = dst
+        elif kind in (wire.REFUSED, wire.NACK):
+            r.abort = f"decode receiver {kind}: {msg.get('reason')}"
+        elif kind == wire.ACK:
+            if r.handle is None:
+                raise wire.ProtocolError(f"request {rid!r} acked before it was written")
+            self.engine.cancel(r.handle)  # complete: this only frees the handle
+            r.handle = None
+            now = max(at, r.posted_at)
+            del self._reqs[rid]
+            nbytes = int(r.blocks.size) * self.block_nbytes
+            self.bytes_sent += nbytes
+            self._done.sent.append(
+                Sent(rid, nbytes, now - r.ready_at, now - r.posted_at, tuple(r.dst.tolist()), now)
+            )
+        else:
+            raise wire.ProtocolError(f"unexpected message {kind!r}")
+
+    def _lost(self, why: str) -> None:
+        if self.disconnected is None:
+            self.disconnected = why
+            log.error("decode receiver lost: %s", why)
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        if self.disconnected:
+            return
+        try:
+            wire.send(self._conn, kind, **fields)
+        except OSError as e:
+            self._lost(f"control connection closed ({type(e).__name__}: {e})")
+
+    def close(self) -> None:
+        """Say goodbye and free the agent (requests still in flight are dropped)."""
+        self._send(wire.BYE)
+        self._closing = True
+        if getattr(self, "_io", None) is not None:
+            self._io.join(5)
+        try:
+            self._conn.close()
+        except (OSError, AttributeError):
+            pass
+        self.disconnected = self.disconnected or "closed"
+        self.engine.close()
+
+    def __enter__(self) -> KVSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -22,7 +22,7 @@ def _main(config: ReceiverConfig, pipe: Connection) -> None:
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
-        stats = {"acked": receiver.acked, "nacked": receiver.nacked, "free": receiver.num_free}
+        stats = receiver.counters()
         receiver.close()
         try:
             pipe.send(("stopped", stats))

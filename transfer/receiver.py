@@ -103,6 +103,16 @@ class KVReceiver:
         """Blocks not held by an in-flight request (retained received ones count as held)."""
         return len(self._free)
 
+    def counters(self) -> dict[str, int]:
+        """acked / nacked requests, blocks free, held by unacked requests, retained."""
+        return {
+            "acked": self.acked,
+            "nacked": self.nacked,
+            "free": len(self._free),
+            "in_flight_blocks": sum(len(b) for p in self._peers.values() for b in p.slots.values()),
+            "retained_blocks": sum(len(r.blocks) for r in self.received.values()),
+        }
+
     def _accept(self) -> None:
         while not self._closed:
             try:

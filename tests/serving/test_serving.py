@@ -9,7 +9,7 @@ from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams
 from graphbatch.scheduler.workload import Turn
 from graphbatch.serving import ServingLoop
 
-from .helpers import MODEL, SCHED
+from ..executor.helpers import MODEL, SCHED
 
 
 def turn(session: int, rnd: int, rid: str, n: int, token: int | None = None) -> Turn:

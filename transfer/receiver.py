@@ -116,7 +116,7 @@ class KVReceiver:
     def _accept(self) -> None:
         while not self._closed:
             try:
-                conn = self._listener.accept()
+                conn = wire.accept(self._listener)
                 if self._closed:
                     conn.close()
                     return
@@ -128,11 +128,15 @@ class KVReceiver:
 
     # ---- the loop ----------------------------------------------------------------
     def poll(self, timeout_s: float = 0.001) -> None:
-        """Handle whatever arrived: connections, control messages, NIXL notifications."""
+        """Handle whatever arrived: connections, control messages, NIXL notifications.
+        While a write is expected it does not sleep: UCX moves this side's bytes only
+        inside these calls (measured: sleeping 1 ms per call cut throughput ~5x)."""
         while not self._accepted.empty():
             conn = self._accepted.get()
             self._peers[conn] = _Peer(conn)
-        for conn in wait(list(self._peers), timeout_s) if self._peers else ():
+        expecting = any(p.slots for p in self._peers.values())
+        wait_s = 0 if expecting else timeout_s
+        for conn in wait(list(self._peers), wait_s) if self._peers else ():
             peer = self._peers[conn]
             try:
                 while conn.poll(0):
@@ -143,9 +147,14 @@ class KVReceiver:
                 self._drop(peer, f"protocol error: {e}")
         if not self._peers:
             time.sleep(timeout_s)
-        for agent, msgs in self.engine.notifications().items():
-            for raw in msgs:
-                self._on_notif(agent, raw)
+        end = time.perf_counter() + (0.001 if expecting else 0)
+        while True:  # while a write is expected, mostly drive NIXL (control can wait 1 ms)
+            notes = self.engine.notifications()
+            for agent, msgs in notes.items():
+                for raw in msgs:
+                    self._on_notif(agent, raw)
+            if notes or time.perf_counter() >= end:
+                return
 
     def serve(self, stop: Connection | None = None) -> None:
         """Poll until ``stop`` (a pipe) says stop or closes, or forever."""

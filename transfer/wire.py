@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
@@ -32,8 +34,23 @@ def listen(address: tuple[str, int], authkey: bytes | None = None) -> Listener:
     return Listener(address, family="AF_INET", authkey=authkey)
 
 
+def accept(listener: Listener) -> Connection:
+    return nodelay(listener.accept())
+
+
 def connect(address: tuple[str, int], authkey: bytes | None = None) -> Connection:
-    return Client(address, family="AF_INET", authkey=authkey)
+    return nodelay(Client(address, family="AF_INET", authkey=authkey))
+
+
+def nodelay(conn: Connection) -> Connection:
+    """Small messages go out at once. Without it Nagle holds an ack behind the previous
+    message's delayed TCP ACK: measured 40 ms per request on loopback."""
+    s = socket.socket(fileno=os.dup(conn.fileno()))  # a second handle, same socket
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        s.close()
+    return conn
 
 
 def send(conn: Connection, kind: str, **fields: Any) -> None:

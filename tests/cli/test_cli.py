@@ -33,6 +33,7 @@ def test_run_end_to_end_with_report(tmp_path, capsys, backend):
             "--budget",
             "64",
             "--quiet",
+            "--verify-transfer",
             "--report",
             str(rep),
         ]
@@ -40,9 +41,16 @@ def test_run_end_to_end_with_report(tmp_path, capsys, backend):
     assert code == 0
     out = capsys.readouterr().out
     assert "TTFT mean / P50 / P90" in out and "GPU memory" in out
+    # the KV went to a receiver process over NIXL, checksummed on both sides
+    assert "KV transfer" in out and "NIXL" in out and "checksums verified" in out
+    assert "decode-side TTFT" in out
     summary = json.loads((rep / "summary.json").read_text())
     assert summary["requests"] == 4 and summary["requests_failed"] == 0
     assert summary["prompt_tokens"] > 0 and summary["eager_runs"]
+    assert summary["transfer"] == "nixl" and summary["transfer_verified"]
+    assert summary["transfer_bytes"] > 0 and summary["transfer_gbps"] > 0
+    assert summary["transfer_ms_p50"] <= summary["transfer_ms_p90"]
+    assert summary["decode_ttft_ms_p50"] >= summary["ttft_ms_p50"]
     assert summary["first_token_logprob_mean"] < 0 and "first-token logprob" in out
     # round 2 extends round 1: the prefix cache serves part of every second prompt
     assert summary["prefix_cache"] and 0 < summary["prefix_hit_rate"] < 1
@@ -59,10 +67,16 @@ def test_no_prefix_cache_computes_every_prompt_token(tmp_path, capsys):
     rep = tmp_path / "r"
     argv = ["run", "--backend", "torch", "--requests", "4", "--rounds", "2", "--budget", "64"]
     assert (
-        main([*argv, "--concurrency", "2", "--quiet", "--no-prefix-cache", "--report", str(rep)])
+        main(
+            [*argv, "--concurrency", "2", "--quiet", "--no-prefix-cache", "--transfer", "none"]
+            + ["--report", str(rep)]
+        )
         == 0
     )
+    out = capsys.readouterr().out
+    assert "simulated (--transfer none)" in out and "n/a (--transfer none)" in out
     summary = json.loads((rep / "summary.json").read_text())
+    assert summary["transfer"] == "none" and summary["transfer_bytes"] == 0
     assert summary["prefix_hit_rate"] == 0 and not summary["prefix_cache"]
     assert summary["computed_tokens"] == summary["prompt_tokens"]
 
@@ -82,6 +96,12 @@ def test_run_reports_an_unavailable_backend(capsys):
         (["run", "--budget", "0"], "--budget"),
         (["run", "--max-num-seqs", "0"], "--max-num-seqs"),
         (["run", "--report", "/proc/graphbatch-report"], "--report"),
+        (["run", "--transfer-deadline", "0"], "--transfer-deadline"),
+        (["run", "--receiver", "nohost"], "--receiver"),
+        (["run", "--receiver", "h:99999"], "--receiver"),
+        (["run", "--transfer", "none", "--verify-transfer"], "--verify-transfer"),
+        (["receive", "--listen", "x"], "address must be host:port"),
+        (["receive", "--num-blocks", "0"], "--num-blocks"),
         (["schedule", "--rounds", "0"], "--rounds"),
         (["schedule", "--budget", "0"], "--budget"),
     ],
@@ -90,6 +110,12 @@ def test_bad_flags_exit_2_naming_the_flag_before_any_work(capsys, argv, flag):
     assert main([*argv, "--quiet"] if argv[0] == "run" else argv) == 2
     err = capsys.readouterr().err
     assert flag in err and "Traceback" not in err
+
+
+def test_an_unreachable_receiver_fails_the_run_with_the_address(capsys):
+    code = main(["run", "--backend", "torch", "--quiet", "--receiver", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot reach the decode receiver at ('127.0.0.1', 1)" in err
 
 
 def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch):

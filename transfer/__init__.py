@@ -1,6 +1,6 @@
 """KV-cache hand-off from the prefill instance to a decode instance (NIXL)."""
 
-from .engine import NixlEngine, PeerDisconnected, TransferError
+from .engine import NixlEngine, PeerDisconnected, TransferEngine, TransferError
 from .join import JoinError, StepJoin
 from .layout import KVLayout, KVMemory
 from .process import ReceiverProcess
@@ -22,5 +22,6 @@ __all__ = [
     "ReceiverProcess",
     "Sent",
     "StepJoin",
+    "TransferEngine",
     "TransferError",
 ]

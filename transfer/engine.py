@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,26 @@ class TransferError(RuntimeError):
 
 class PeerDisconnected(TransferError):
     """The remote side died or closed; nothing in flight to it can complete."""
+
+
+class TransferEngine(Protocol):
+    """What KVSender and KVReceiver need of a transport (NixlEngine implements it)."""
+
+    agent_name: str
+    memory: KVMemory
+
+    @property
+    def busy(self) -> bool: ...  # writes posted and not released
+
+    def drive(self) -> None: ...  # let in-flight writes move
+    def metadata(self) -> bytes: ...  # what a peer needs to write here
+    def add_peer(self, metadata: bytes, memory: KVMemory) -> str: ...
+    def remove_peer(self, name: str) -> None: ...
+    def write(self, peer: str, src: np.ndarray, dst: np.ndarray, notif: bytes) -> Any: ...
+    def poll(self, handle: Any) -> bool: ...  # True once complete; raises TransferError
+    def cancel(self, handle: Any) -> bool: ...  # False: cannot let go of it yet
+    def notifications(self) -> dict[str, list[bytes]]: ...
+    def close(self) -> None: ...
 
 
 def _nixl_api() -> Any:

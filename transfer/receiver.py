@@ -78,7 +78,10 @@ class KVReceiver:
                 (L.num_tensors, c.num_blocks, L.block_bytes), np.uint8, self._shm.buf
             )
         else:
-            self.cache = np.zeros((L.num_tensors, c.num_blocks, L.block_bytes), np.uint8)
+            self.cache = np.empty((L.num_tensors, c.num_blocks, L.block_bytes), np.uint8)
+        # touch every page now: a first write into an untouched page faults, and NIXL's
+        # writes would pay that per 4 KiB page mid-transfer
+        self.cache.fill(0)
         base = self.cache.ctypes.data
         self.memory = KVMemory(
             L,

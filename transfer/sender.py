@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import wire
-from .engine import NixlEngine, PeerDisconnected, TransferError
+from .engine import NixlEngine, PeerDisconnected, TransferEngine, TransferError
 from .join import StepJoin
 from .layout import KVLayout, KVMemory, check_blocks
 
@@ -84,7 +84,7 @@ class KVSender:
         verify: bool = False,
         authkey: bytes | None = None,
         connect_timeout_s: float = 30.0,
-        engine: NixlEngine | None = None,
+        engine: TransferEngine | None = None,
     ) -> None:
         if not isinstance(memory, KVMemory):
             raise TypeError(f"memory must be a KVMemory, got {type(memory).__name__}")
@@ -292,24 +292,22 @@ class KVSender:
         try:
             r.handle = self.engine.write(self.peer, r.blocks, r.dst, json.dumps(notif).encode())
             r.posted_at = time.perf_counter()
-        except PeerDisconnected as e:
-            self._lost(str(e))
-            r.abort = f"decode receiver disconnected: {e}"
-            self._finish_abort(r)
         except TransferError as e:
-            r.abort = str(e)
-            self._finish_abort(r)
+            self._failed(r, e)
 
     def _poll(self, r: _Req) -> None:
         try:
             r.written = self.engine.poll(r.handle)
-        except PeerDisconnected as e:
+        except TransferError as e:
+            self._failed(r, e)
+
+    def _failed(self, r: _Req, e: TransferError) -> None:
+        if isinstance(e, PeerDisconnected):  # every other request is lost with it
             self._lost(str(e))
             r.abort = f"decode receiver disconnected: {e}"
-            self._finish_abort(r)
-        except TransferError as e:
+        else:
             r.abort = str(e)
-            self._finish_abort(r)
+        self._finish_abort(r)
 
     def _finish_abort(self, r: _Req) -> None:
         if r.handle is not None:

@@ -5,7 +5,8 @@ from .join import JoinError, StepJoin
 from .layout import KVLayout, KVMemory
 from .process import ReceiverProcess
 from .receiver import KVReceiver, Received, ReceiverConfig
-from .sender import Aborted, KVSender, Progress, Sent
+from .records import Aborted, Progress, Sent
+from .sender import KVSender
 
 __all__ = [
     "Aborted",

@@ -13,42 +13,20 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import wire
 from .engine import NixlEngine, PeerDisconnected, TransferEngine, TransferError
+from .inbox import Inbox
 from .join import StepJoin
 from .layout import KVLayout, KVMemory, check_blocks
+from .records import Aborted, Progress, Sent, check_entries
 
 log = logging.getLogger("graphbatch.transfer")
-
-
-@dataclass(frozen=True)
-class Sent:
-    request_id: str
-    nbytes: int
-    latency_s: float  # KV complete on this side -> receiver acked it
-    write_s: float  # write posted -> receiver acked it
-    dst_blocks: tuple[int, ...]
-    acked_at: float  # time.perf_counter()
-
-
-@dataclass(frozen=True)
-class Aborted:
-    request_id: str
-    reason: str
-
-
-@dataclass
-class Progress:
-    sent: list[Sent] = field(default_factory=list)
-    aborted: list[Aborted] = field(default_factory=list)
 
 
 @dataclass
@@ -107,31 +85,7 @@ class KVSender:
             self.engine.close()
             raise TransferError(f"cannot reach the decode receiver at {addr}: {e}") from None
         self._handshake(connect_timeout_s)
-        # One I/O thread reads the receiver's messages as they come (so an ack's time is
-        # when it arrived, not when the serving loop next looked) and drives NIXL while
-        # writes are in flight; all state changes stay on the caller's thread.
-        self._inbox: queue.Queue[tuple[float, Any]] = queue.Queue()
-        self._closing = False
-        self._io = threading.Thread(target=self._read_loop, daemon=True, name="kv-sender-io")
-        self._io.start()
-
-    def _read_loop(self) -> None:
-        # While a write is in flight it spins: UCX moves a write only inside agent calls
-        # (measured: polling every 0.5 ms ran 4 MiB writes at 0.3 GB/s, spinning at the
-        # bare-NIXL rate). sleep(0) hands the GIL to the serving thread on each turn.
-        while not self._closing:
-            busy = self.engine.busy
-            try:
-                if self._conn.poll(0 if busy else 0.02):
-                    self._inbox.put((time.perf_counter(), wire.recv(self._conn)))
-                    continue
-            except (EOFError, OSError, wire.ProtocolError) as e:
-                if not self._closing:
-                    self._inbox.put((time.perf_counter(), e))
-                return
-            if busy:
-                self.engine.drive()
-                time.sleep(0)
+        self._inbox: Inbox | None = Inbox(self._conn, self.engine)
 
     def _handshake(self, timeout_s: float) -> None:
         m = self.memory
@@ -196,30 +150,11 @@ class KVSender:
         """The requests (id, block ids, first token) whose prompt finished in ``step``.
         Call it once per step, with an empty list too. Raises ValueError (nothing
         changes) for a bad entry or an id already in flight."""
-        reqs, seen = [], set()
-        for i, entry in enumerate(requests):
-            if not isinstance(entry, tuple) or len(entry) != 3:
-                raise ValueError(f"step {step} entry {i}: expected (id, blocks, first_token)")
-            rid, blocks, tok = entry
-            if not isinstance(rid, str) or not rid:
-                raise ValueError(f"step {step} entry {i}: request id {rid!r} is not a str")
-            if rid in self._reqs or rid in seen:
-                raise ValueError(f"request {rid!r}: already in flight")
-            arr = check_blocks(blocks, self.memory.num_blocks, f"request {rid!r}")
-            if arr.size > self.remote.num_blocks:
-                raise ValueError(
-                    f"request {rid!r}: {arr.size} blocks > the receiver's {self.remote.num_blocks}"
-                )
-            if isinstance(tok, bool) or not isinstance(tok, int | np.integer):
-                raise ValueError(f"request {rid!r}: first token {tok!r} is not an int")
-            early = self._early.get(rid)
-            if early is not None and early.num_blocks != arr.size:
-                raise ValueError(
-                    f"request {rid!r}: announced with {early.num_blocks} blocks, "
-                    f"registered with {arr.size}"
-                )
-            seen.add(rid)
-            reqs.append(_Req(rid, arr, int(tok)))
+        announced = {rid: e.num_blocks for rid, e in self._early.items()}
+        checked = check_entries(
+            step, requests, self._reqs, announced, self.memory.num_blocks, self.remote.num_blocks
+        )
+        reqs = [_Req(rid, blocks, tok) for rid, blocks, tok in checked]
         self._join.register(step, reqs)  # raises on a repeated step: nothing changed
         for r in reqs:
             self._reqs[r.rid] = r
@@ -269,11 +204,8 @@ class KVSender:
         """Block up to ``timeout_s`` for a receiver message, then ``progress()``. The
         I/O thread drives NIXL meanwhile; this one sleeps in the queue so that the two
         do not fight over the GIL."""
-        if not self.disconnected and self._reqs and self._held is None:
-            try:
-                self._held = self._inbox.get(timeout=timeout_s)
-            except queue.Empty:
-                pass
+        if self._inbox is not None and not self.disconnected and self._reqs and self._held is None:
+            self._held = self._inbox.get(timeout_s)
         return self.progress()
 
     @property
@@ -321,14 +253,11 @@ class KVSender:
 
     # ---- receiver messages -------------------------------------------------------
     def _drain(self) -> None:
-        while not self.disconnected:
-            if self._held is not None:
-                (at, item), self._held = self._held, None
-            else:
-                try:
-                    at, item = self._inbox.get_nowait()
-                except queue.Empty:
-                    return
+        while not self.disconnected and self._inbox is not None:
+            got, self._held = self._held or self._inbox.get_nowait(), None
+            if got is None:
+                return
+            at, item = got
             if isinstance(item, wire.ProtocolError):
                 self._lost(f"protocol error: {item}")
             elif isinstance(item, BaseException):
@@ -395,9 +324,9 @@ class KVSender:
     def close(self) -> None:
         """Say goodbye and free the agent (requests still in flight are dropped)."""
         self._send(wire.BYE)
-        self._closing = True
-        if getattr(self, "_io", None) is not None:
-            self._io.join(5)
+        if getattr(self, "_inbox", None) is not None:
+            self._inbox.close()
+            self._inbox = None
         try:
             self._conn.close()
         except (OSError, AttributeError):

@@ -1,0 +1,66 @@
+"""What the sender reports, and the check of what it is given to send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .layout import check_blocks
+
+
+@dataclass(frozen=True)
+class Sent:
+    request_id: str
+    nbytes: int
+    latency_s: float  # KV complete on this side -> receiver acked it
+    write_s: float  # write posted -> receiver acked it
+    dst_blocks: tuple[int, ...]
+    acked_at: float  # time.perf_counter() when the ack arrived
+
+
+@dataclass(frozen=True)
+class Aborted:
+    request_id: str
+    reason: str
+
+
+@dataclass
+class Progress:
+    sent: list[Sent] = field(default_factory=list)
+    aborted: list[Aborted] = field(default_factory=list)
+
+
+def check_entries(
+    step: int,
+    entries: list,
+    in_flight: set[str] | dict,
+    announced: dict[str, int],
+    local_blocks: int,
+    remote_blocks: int,
+) -> list[tuple[str, np.ndarray, int]]:
+    """``entries`` of ``(request id, block ids, first token)`` as checked tuples, or
+    ValueError naming the step, entry or request that is wrong."""
+    out: list[tuple[str, np.ndarray, int]] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, tuple) or len(entry) != 3:
+            raise ValueError(f"step {step} entry {i}: expected (id, blocks, first_token)")
+        rid, blocks, tok = entry
+        if not isinstance(rid, str) or not rid:
+            raise ValueError(f"step {step} entry {i}: request id {rid!r} is not a str")
+        if rid in in_flight or rid in seen:
+            raise ValueError(f"request {rid!r}: already in flight")
+        arr = check_blocks(blocks, local_blocks, f"request {rid!r}")
+        if arr.size > remote_blocks:
+            raise ValueError(f"request {rid!r}: {arr.size} blocks > the receiver's {remote_blocks}")
+        if isinstance(tok, bool) or not isinstance(tok, int | np.integer):
+            raise ValueError(f"request {rid!r}: first token {tok!r} is not an int")
+        n = announced.get(rid)
+        if n is not None and n != arr.size:
+            raise ValueError(
+                f"request {rid!r}: announced with {n} blocks, registered with {arr.size}"
+            )
+        seen.add(rid)
+        out.append((rid, arr, int(tok)))
+    return out

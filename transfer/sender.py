@@ -224,6 +224,8 @@ class KVSender:
         try:
             r.handle = self.engine.write(self.peer, r.blocks, r.dst, json.dumps(notif).encode())
             r.posted_at = time.perf_counter()
+            if self._inbox is not None:
+                self._inbox.wake()
         except TransferError as e:
             self._failed(r, e)
 

@@ -98,7 +98,7 @@ class KVReceiver:
         self._by_agent: dict[str, _Peer] = {}
         self._accepted: queue.Queue[Connection] = queue.Queue()
         self._closed = False
-        self.acked = self.nacked = 0
+        self.acked = self.nacked = self.warm_ups = 0
         threading.Thread(target=self._accept, daemon=True, name="kv-accept").start()
 
     @property
@@ -107,10 +107,12 @@ class KVReceiver:
         return len(self._free)
 
     def counters(self) -> dict[str, int]:
-        """acked / nacked requests, blocks free, held by unacked requests, retained."""
+        """acked / nacked requests, senders' warm-up writes, blocks free, held by unacked
+        requests, retained."""
         return {
             "acked": self.acked,
             "nacked": self.nacked,
+            "warm_ups": self.warm_ups,
             "free": len(self._free),
             "in_flight_blocks": sum(len(b) for p in self._peers.values() for b in p.slots.values()),
             "retained_blocks": sum(len(r.blocks) for r in self.received.values()),
@@ -270,6 +272,11 @@ class KVReceiver:
             log.warning("notification for %r from %s, which is not in flight", rid, agent)
             return
         blocks = peer.slots[rid]
+        if rid == "":  # the sender's warm-up write: the block goes back, nothing received
+            self._free_slot(peer, rid)
+            self.warm_ups += 1
+            self._reply(peer, wire.ACK, rid=rid)
+            return
         mine = self.memory.checksum(blocks) if self.config.verify else None
         if mine is not None and mine != note.get("sum"):
             self.nacked += 1

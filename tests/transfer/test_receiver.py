@@ -95,3 +95,43 @@ def test_a_request_larger_than_the_receiver_is_refused_at_registration(serving_r
         with pytest.raises(ValueError, match="blocks > the receiver's 32"):
             s.register(0, [("huge", list(range(40)), 0)])
         assert s.in_flight == []
+
+
+def test_the_connection_warm_up_lends_one_block_and_gives_it_back(serving_receiver):
+    r = serving_receiver
+    _, mem = host_cache(16, seed=8)
+    with KVSender(mem, r.address, verify=True):
+        # the warm-up was acked before the constructor returned
+        c = r.counters()
+        assert c["warm_ups"] == 1
+        assert c["acked"] == 0 and c["in_flight_blocks"] == 0 and c["free"] == 32
+        assert not r.received
+
+
+def test_a_receiver_with_no_block_to_lend_still_takes_the_sender(caplog):
+    r = KVReceiver(ReceiverConfig(LAYOUT, 1))
+    stop, stop_here = mp.Pipe()
+    t = threading.Thread(target=r.serve, args=(stop_here,), daemon=True)
+    t.start()
+    try:
+        _, mem = host_cache(4, seed=9)
+        with KVSender(mem, r.address) as hog:
+            hog.announce("hog", 1)  # the receiver's only block, held
+            end = time.monotonic() + 30
+            while r.counters()["in_flight_blocks"] != 1:
+                if time.monotonic() > end:
+                    raise AssertionError(f"no allocation: {r.counters()}")
+                time.sleep(0.001)
+            with KVSender(mem, r.address) as late:  # its warm-up finds no block: skipped
+                assert "lent no block to warm up" in caplog.text
+                assert hog.withdraw("hog")
+                late.register(0, [("real", [2], 5)])
+                late.ready(0)
+                p = drain(late, 1)
+                assert [x.request_id for x in p.sent] == ["real"]
+        c = r.counters()
+        assert c["warm_ups"] == 1 and c["acked"] == 1 and c["in_flight_blocks"] == 0
+    finally:
+        stop.send("stop")
+        t.join(10)
+        r.close()

@@ -243,16 +243,25 @@ class KVSender:
         return out
 
     def wait(self, timeout_s: float) -> Progress:
-        """Block up to ``timeout_s`` for a receiver message, then ``progress()``. The
-        I/O thread drives NIXL meanwhile; this one sleeps in the queue so that the two
-        do not fight over the GIL."""
-        if self._inbox is not None and not self.disconnected and self._reqs and self._held is None:
+        """``progress()``; if that had nothing to report, block up to ``timeout_s`` for a
+        receiver message and ``progress()`` again. The I/O thread drives NIXL meanwhile;
+        this one sleeps in the queue so that the two do not fight over the GIL."""
+        out = self.progress()  # first post what can go: blocking before it cost 10 ms
+        if out.sent or out.aborted:
+            return out
+        waiting = self._reqs or self.awaiting_blocks
+        if self._inbox is not None and not self.disconnected and waiting and self._held is None:
             self._held = self._inbox.get(timeout_s)
         return self.progress()
 
     @property
     def in_flight(self) -> list[str]:
         return list(self._reqs)
+
+    @property
+    def awaiting_blocks(self) -> list[str]:
+        """Announced, not yet registered requests the receiver has not answered."""
+        return [rid for rid, e in self._early.items() if e.dst is None and e.refused is None]
 
     def _stage(self, r: _Req) -> str:
         if r.dst is None:

@@ -85,15 +85,15 @@ def drain_quiet(s: KVSender, rounds: int = 20):
     return sent, aborted
 
 
-event = st.tuples(st.sampled_from(["register", "ready", "progress"]), st.integers(0, 5))
+event = st.tuples(st.sampled_from(["announce", "register", "ready", "progress"]), st.integers(0, 5))
 
 
 @settings(max_examples=12, derandomize=True, deadline=None)
 @given(st.lists(event, min_size=1, max_size=40), st.randoms(use_true_random=False))
 def test_random_interleavings_transfer_every_request_exactly_once(receiver, sender, seq, rnd):
-    """Six steps of 0-2 requests each; their registrations, readiness signals and
-    progress calls in a random order; afterwards every request registered and made
-    ready is sent exactly once and byte-exact, and nothing else was sent."""
+    """Six steps of 0-2 requests each; their announcements (some), registrations,
+    readiness signals and progress calls in a random order; afterwards every request
+    registered and made ready is sent exactly once and byte-exact, and nothing else."""
     rp, view = receiver
     s, cache = sender
     steps = Steps.take(6)
@@ -105,10 +105,14 @@ def test_random_interleavings_transfer_every_request_exactly_once(receiver, send
         for k in range(rnd.randint(0, 2)):
             n = rnd.randint(1, 6)
             plan[step].append((f"x{step}-{k}", [free.pop() for _ in range(n)], i))
-    registered, signalled, sent = set(), set(), []
+    registered, signalled, announced, sent = set(), set(), set(), []
     for op, i in seq:
         step = steps[i]
-        if op == "register" and step not in registered:
+        if op == "announce" and step not in registered | announced:
+            for rid, blocks, _ in plan[step]:
+                s.announce(rid, len(blocks))
+            announced.add(step)
+        elif op == "register" and step not in registered:
             s.register(step, plan[step])
             registered.add(step)
         elif op == "ready" and step not in signalled:
@@ -130,6 +134,22 @@ def test_random_interleavings_transfer_every_request_exactly_once(receiver, send
     assert sorted(x.request_id for x in sent) == sorted(want)  # exactly once each
     for x in sent:
         assert_byte_exact(cache, view.cache, want[x.request_id], x.dst_blocks)
+
+
+def test_wait_posts_what_can_go_before_it_blocks(receiver, sender):
+    """Announced and allocated, then registered and ready: one wait() sends it. Were
+    wait() to block for a receiver message first, none could come (nothing is written
+    yet) and it would return empty after the whole timeout."""
+    s, cache = sender
+    (step,) = Steps.take(1)
+    s.announce("eager", 3)
+    while s.awaiting_blocks:
+        s.wait(30)
+    s.register(step, [("eager", [7, 8, 9], 1)])
+    s.ready(step)
+    p = s.wait(60)  # posts, then blocks for the ack
+    assert [x.request_id for x in p.sent] == ["eager"] and p.aborted == []
+    assert_byte_exact(cache, receiver[1].cache, [7, 8, 9], p.sent[0].dst_blocks)
 
 
 def test_bad_registrations_change_nothing(receiver, sender):

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 
 from . import wire
+from .connect import handshake, warm_up
 from .engine import NixlEngine, PeerDisconnected, TransferEngine, TransferError
 from .inbox import Inbox
 from .join import StepJoin
-from .layout import KVLayout, KVMemory, check_blocks
+from .layout import KVMemory, check_blocks
 from .records import Aborted, Progress, Sent, check_entries
 
 log = logging.getLogger("graphbatch.transfer")
-WARM_UP = ""  # the request id of the connection's warm-up write (never a real request's)
 
 
 @dataclass
@@ -85,82 +85,13 @@ class KVSender:
         except OSError as e:
             self.engine.close()
             raise TransferError(f"cannot reach the decode receiver at {addr}: {e}") from None
-        self._handshake(connect_timeout_s)
-        self._warm_up(connect_timeout_s)
+        try:
+            self.peer, self.remote = handshake(self._conn, self.engine, memory, connect_timeout_s)
+            warm_up(self._conn, self.engine, self.peer, self.remote, connect_timeout_s)
+        except TransferError:
+            self.close()
+            raise
         self._inbox: Inbox | None = Inbox(self._conn, self.engine)
-
-    def _handshake(self, timeout_s: float) -> None:
-        m = self.memory
-        wire.send(
-            self._conn,
-            wire.HELLO,
-            agent=self.engine.agent_name,
-            metadata=wire.b64(self.engine.metadata()),
-            layout=m.layout.to_json(),
-        )
-        if not self._conn.poll(timeout_s):
-            self.close()
-            raise TransferError(f"the decode receiver did not answer within {timeout_s} s")
-        try:
-            msg = wire.recv(self._conn)
-            if msg["type"] == wire.REFUSED:
-                raise TransferError(f"the decode receiver refused: {msg.get('reason')}")
-            if msg["type"] != wire.WELCOME:
-                raise wire.ProtocolError(f"expected welcome, got {msg['type']!r}")
-            remote = KVMemory(
-                KVLayout.from_json(wire.field(msg, "layout", dict)),
-                tuple(wire.field(msg, "bases", list)),
-                wire.field(msg, "num_blocks", int),
-                wire.field(msg, "mem_type", str),
-                wire.field(msg, "device_id", int),
-            )
-            if remote.layout != m.layout:
-                raise TransferError(f"KV layouts differ: here {m.layout}, receiver {remote.layout}")
-            self.peer = self.engine.add_peer(wire.unb64(wire.field(msg, "metadata", str)), remote)
-        except (EOFError, OSError, ValueError) as e:
-            self.close()
-            raise TransferError(f"handshake with the decode receiver failed: {e}") from None
-        self.remote = remote
-
-    def _warm_up(self, timeout_s: float) -> None:
-        """Write one block (the receiver lends it, rid "") before any request: UCX
-        connects lazily and the first write paid for it (measured: 13-16 ms, then
-        0.2 ms). A receiver with no block to lend is not an error: the first request
-        pays instead."""
-        start = time.perf_counter()
-        deadline = start + timeout_s
-        wire.send(self._conn, wire.ALLOC, rid=WARM_UP, num_blocks=1)
-        try:
-            # a busy receiver may have no block to spare: skip rather than stall here
-            msg = self._expect(wire.ALLOCATED, start + min(timeout_s, 2.0))
-            if msg is None:
-                wire.send(self._conn, wire.ABORT, rid=WARM_UP, reason="warm-up timed out")
-                log.warning("the decode receiver lent no block to warm up within 2 s")
-                return
-            dst = check_blocks(msg.get("blocks"), self.remote.num_blocks, "warm-up")
-            note = json.dumps({"rid": WARM_UP, "tok": 0}).encode()
-            handle = self.engine.write(self.peer, np.zeros(1, np.int64), dst, note)
-            while not self.engine.poll(handle):
-                if time.perf_counter() > deadline:
-                    raise TransferError(f"the warm-up write did not complete in {timeout_s} s")
-            self.engine.cancel(handle)  # complete: frees the handle
-            if self._expect(wire.ACK, deadline) is None:
-                raise TransferError(f"the warm-up write was not acked in {timeout_s} s")
-        except (TransferError, EOFError, OSError, ValueError) as e:
-            self.close()
-            raise TransferError(f"warming up the connection to the decode receiver: {e}") from None
-
-    def _expect(self, kind: str, deadline: float) -> dict[str, Any] | None:
-        """The next control message, which must be ``kind`` for the warm-up; None once
-        ``deadline`` passed."""
-        while not self._conn.poll(0.001):
-            self.engine.drive()
-            if time.perf_counter() > deadline:
-                return None
-        msg = wire.recv(self._conn)
-        if msg["type"] != kind or msg.get("rid") != WARM_UP:
-            raise wire.ProtocolError(f"expected {kind!r} for the warm-up, got {msg}")
-        return msg
 
     # ---- the two input streams ---------------------------------------------------
     def announce(self, request_id: str, num_blocks: int) -> None:

@@ -16,7 +16,6 @@ from .engine import TransferEngine, TransferError
 from .layout import KVLayout, KVMemory, check_blocks
 
 log = logging.getLogger("graphbatch.transfer")
-WARM_UP = ""  # the request id of the warm-up write (a real request's id is never empty)
 
 
 def handshake(
@@ -65,14 +64,14 @@ def warm_up(
     start = time.perf_counter()
     deadline = start + timeout_s
     try:
-        wire.send(conn, wire.ALLOC, rid=WARM_UP, num_blocks=1)
+        wire.send(conn, wire.ALLOC, rid=wire.WARM_UP, num_blocks=1)
         msg = _expect(conn, wire.ALLOCATED, start + min(timeout_s, 2.0))
         if msg is None:  # a busy receiver: skip rather than stall the connect
-            wire.send(conn, wire.ABORT, rid=WARM_UP, reason="warm-up timed out")
+            wire.send(conn, wire.ABORT, rid=wire.WARM_UP, reason="warm-up timed out")
             log.warning("the decode receiver lent no block to warm up within 2 s")
             return
         dst = check_blocks(msg.get("blocks"), remote.num_blocks, "warm-up")
-        note = json.dumps({"rid": WARM_UP, "tok": 0}).encode()
+        note = json.dumps({"rid": wire.WARM_UP, "tok": 0}).encode()
         handle = engine.write(peer, np.zeros(1, np.int64), dst, note)
         while not engine.poll(handle):
             if time.perf_counter() > deadline:
@@ -92,6 +91,6 @@ def _expect(conn: Connection, kind: str, deadline: float) -> dict[str, Any] | No
         if time.perf_counter() > deadline:
             return None
     msg = wire.recv(conn)
-    if msg["type"] != kind or msg.get("rid") != WARM_UP:
+    if msg["type"] != kind or msg.get("rid") != wire.WARM_UP:
         raise wire.ProtocolError(f"expected {kind!r} for the warm-up, got {msg}")
     return msg

@@ -272,7 +272,7 @@ class KVReceiver:
             log.warning("notification for %r from %s, which is not in flight", rid, agent)
             return
         blocks = peer.slots[rid]
-        if rid == "":  # the sender's warm-up write: the block goes back, nothing received
+        if rid == wire.WARM_UP:  # the sender's warm-up write: the block goes back, nothing received
             self._free_slot(peer, rid)
             self.warm_ups += 1
             self._reply(peer, wire.ACK, rid=rid)

@@ -15,6 +15,9 @@ from typing import Any
 HELLO, ALLOC, ABORT, BYE = "hello", "alloc", "abort", "bye"
 # receiver -> sender
 WELCOME, REFUSED, ALLOCATED, ACK, NACK = "welcome", "refused", "allocated", "ack", "nack"
+# the request id of a sender's warm-up write: one lent block, acked, never received
+# (a real request's id is never empty)
+WARM_UP = ""
 MAX_MESSAGE = 64 << 20  # a hello with its NIXL metadata stays far below
 
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 from graphbatch.executor import GraphExecutor
-from graphbatch.executor.models import TinyDecoder, preset
+from graphbatch.models import TinyDecoder, preset
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerConfig
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 from graphbatch.executor import GraphExecutor
-from graphbatch.executor.models import TinyDecoder, preset
+from graphbatch.models import TinyDecoder, preset
 from graphbatch.scheduler import PrefillScheduler, SchedulerConfig
 from graphbatch.scheduler.workload import ChatWorkload, chat_sessions
 from graphbatch.serving import RunStats, ServingLoop

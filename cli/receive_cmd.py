@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 def receive(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="receiver %(levelname)s: %(message)s")
-    from graphbatch.executor.models import preset
+    from graphbatch.models import preset
     from graphbatch.transfer import KVReceiver, ReceiverConfig, TransferError
     from graphbatch.transfer.wire import parse_address
 

@@ -9,7 +9,7 @@ import math
 import sys
 
 from graphbatch.executor import BackendUnavailable, GraphExecutor, get_backend
-from graphbatch.executor.models import TinyDecoder, preset
+from graphbatch.models import TinyDecoder, preset
 from graphbatch.profiling import MemoryTracker, cuda_profiler_window
 from graphbatch.scheduler import PrefillScheduler, SchedulerConfig
 from graphbatch.scheduler.workload import ChatWorkload, chat_sessions

@@ -3,6 +3,7 @@
 from .backends import Backend, BackendUnavailable, get_backend
 from .errors import BoundsError
 from .graph_executor import GraphExecutor
+from .model_api import ExecutorModel, KVCacheModel
 from .static_buffers import CHECKS, ModelInputs, StaticBuffers
 from .step import StepOutput
 
@@ -11,7 +12,9 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "BoundsError",
+    "ExecutorModel",
     "GraphExecutor",
+    "KVCacheModel",
     "ModelInputs",
     "StaticBuffers",
     "StepOutput",

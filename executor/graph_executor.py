@@ -15,6 +15,7 @@ from graphbatch.scheduler import BatchDescriptor, DescriptorError, SchedulerConf
 from .backends import Backend, Graph, get_backend
 from .diagnose import bounds_problems, nonfinite_rows
 from .errors import BoundsError
+from .model_api import KVCacheModel, check_model
 from .static_buffers import StaticBuffers
 from .step import StepOutput
 
@@ -25,9 +26,9 @@ WARMUP_RUNS = 2
 class GraphExecutor:
     """Runs ``model`` over batch descriptors, replaying captured graphs when it can.
 
-    ``model`` has ``forward(inputs) -> logits [S, V]`` reading only the executor's
-    static buffers, and optionally ``bind(backend, scheduler_config)`` to allocate
-    its weights on the executor's backend.
+    ``model`` is an ``ExecutorModel``: ``bind(backend, scheduler_config)`` allocates its
+    weights and KV cache, ``forward(inputs) -> logits [S, V]`` reads only the static
+    buffers (``graphbatch.models.load_model`` gives one).
     """
 
     def __init__(
@@ -42,9 +43,9 @@ class GraphExecutor:
         self.config = scheduler_config
         self.tracker = memory_tracker
         self.backend = get_backend(backend, device) if isinstance(backend, str) else backend
+        check_model(model)
         self.model = model
-        if hasattr(model, "bind"):
-            model.bind(self.backend, scheduler_config)
+        model.bind(self.backend, scheduler_config)
         self.buffers = StaticBuffers(self.backend, scheduler_config)
         S, V = scheduler_config.max_num_seqs, scheduler_config.vocab_size
         self.tokens = self.backend.empty((S,), "int64")  # sampler output, static
@@ -67,7 +68,7 @@ class GraphExecutor:
         ``graphbatch.transfer.KVSender``."""
         from .kv_export import kv_memory
 
-        if not hasattr(self.model, "kv_caches"):
+        if not isinstance(self.model, KVCacheModel):
             raise TypeError(f"{type(self.model).__name__} has no kv_caches(): nothing to send")
         return kv_memory(self.model.kv_caches(), self.config)
 

@@ -37,15 +37,16 @@ class Turn:
     session: int
     round: int
     request: Request
+    text: str = ""  # the round's user message, for a text workload
 
 
-def _sampling(rng: np.random.Generator, session: int) -> SamplingParams:
-    # A mix engines see: greedy, nucleus, top-k + nucleus + min-p.
+def sampling_mix(session: int, seed: int = 0) -> SamplingParams:
+    """A mix engines see, by session: greedy, nucleus, top-k + nucleus + min-p."""
     kind = session % 3
     if kind == 0:
         return SamplingParams(temperature=0.0)
     if kind == 1:
-        return SamplingParams(temperature=0.8, top_p=0.9, seed=int(rng.integers(1 << 31)))
+        return SamplingParams(temperature=0.8, top_p=0.9, seed=(seed << 20) + session)
     return SamplingParams(temperature=1.0, top_p=0.95, top_k=40, min_p=0.05)
 
 
@@ -57,7 +58,7 @@ def chat_sessions(w: ChatWorkload) -> list[list[Turn]]:
     for s in range(w.num_sessions):
         prompt = system
         turns = []
-        sampling = _sampling(rng, s)
+        sampling = sampling_mix(s, w.seed)
         for r in range(w.rounds):
             user = rng.integers(0, w.vocab_size, int(rng.integers(*w.user_len)))
             prompt = np.concatenate([prompt, user])[-w.max_prompt_len :]

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 from graphbatch.executor import GraphExecutor
-from graphbatch.executor.models import ModelConfig, TinyDecoder
+from graphbatch.models import TinyConfig, TinyDecoder
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerConfig
 
 
@@ -24,7 +24,7 @@ def main() -> int:
         max_model_len=512,
         vocab_size=1024,
     )
-    model = ModelConfig(
+    model = TinyConfig(
         vocab_size=1024,
         hidden_size=64,
         num_layers=2,

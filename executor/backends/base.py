@@ -98,3 +98,17 @@ class Backend(ABC):
 
     @abstractmethod
     def cast(self, x: Any, dtype: str) -> Any: ...
+
+    @abstractmethod
+    def linear_weight(self, weight: np.ndarray, dtype: str) -> Any:
+        """Device copy of an HF ``[out, in]`` weight in the layout ``linear`` wants."""
+
+    @abstractmethod
+    def linear(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        """``x @ W.T + b`` for a weight from ``linear_weight``."""
+
+    @abstractmethod
+    def cat(self, xs: list[Any], axis: int) -> Any: ...
+
+    @abstractmethod
+    def contiguous(self, x: Any) -> Any: ...

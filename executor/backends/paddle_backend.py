@@ -140,3 +140,16 @@ class PaddleBackend(Backend):
 
     def cast(self, x, dtype):
         return x.astype(dtype)
+
+    def linear_weight(self, weight, dtype):
+        # paddle's linear takes [in, out]: transpose once here, never per step
+        return self.cast(self.from_numpy(np.ascontiguousarray(weight.T)), dtype)
+
+    def linear(self, x, weight, bias=None):
+        return self.paddle.nn.functional.linear(x, weight, bias)
+
+    def cat(self, xs, axis):
+        return self.paddle.concat(xs, axis=axis)
+
+    def contiguous(self, x):
+        return x.contiguous()

@@ -57,7 +57,10 @@ class TorchBackend(Backend):
         return self.torch.empty(shape, dtype=self._dtype(dtype), device=self._device)
 
     def from_numpy(self, array):
-        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self._device)
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # a memory-mapped checkpoint: torch wants to own it
+            array = array.copy()
+        return self.torch.from_numpy(array).to(self._device)
 
     def staging(self, shape, dtype):
         t = self.torch.empty(shape, dtype=self._dtype(dtype), pin_memory=self.is_cuda)
@@ -118,3 +121,15 @@ class TorchBackend(Backend):
 
     def cast(self, x, dtype):
         return x.to(self._dtype(dtype))
+
+    def linear_weight(self, weight, dtype):
+        return self.cast(self.from_numpy(weight), dtype)  # F.linear takes [out, in]
+
+    def linear(self, x, weight, bias=None):
+        return self.torch.nn.functional.linear(x, weight, bias)
+
+    def cat(self, xs, axis):
+        return self.torch.cat(xs, dim=axis)
+
+    def contiguous(self, x):
+        return x.contiguous()

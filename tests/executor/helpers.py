@@ -3,10 +3,10 @@ from __future__ import annotations
 import graphbatch.kernels  # noqa: F401  (interpreter choice before tensors are built)
 import numpy as np
 from graphbatch.executor import GraphExecutor
-from graphbatch.executor.models import ModelConfig, TinyDecoder
+from graphbatch.models import TinyConfig, TinyDecoder
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerConfig
 
-MODEL = ModelConfig(
+MODEL = TinyConfig(
     vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
 )
 SCHED = SchedulerConfig(

@@ -109,7 +109,7 @@ class NanRowModel:
 
 def test_nonfinite_logits_name_the_request(backend_name):
     from graphbatch.executor import GraphExecutor
-    from graphbatch.executor.models import TinyDecoder
+    from graphbatch.models import TinyDecoder
 
     from .helpers import MODEL, SCHED
 
@@ -157,7 +157,7 @@ def test_a_stale_descriptor_never_overwrites_the_kv_of_the_request_that_got_its_
     from dataclasses import replace
 
     from graphbatch.executor import GraphExecutor
-    from graphbatch.executor.models import TinyDecoder
+    from graphbatch.models import TinyDecoder
     from graphbatch.scheduler import PrefillScheduler, StaleDescriptor
 
     from .helpers import MODEL, SCHED

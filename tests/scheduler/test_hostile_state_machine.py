@@ -70,9 +70,9 @@ def executor():
     global _executor
     if _executor is None:
         from graphbatch.executor import GraphExecutor
-        from graphbatch.executor.models import ModelConfig, TinyDecoder
+        from graphbatch.models import TinyConfig, TinyDecoder
 
-        model = ModelConfig(vocab_size=CFG.vocab_size, hidden_size=32, num_heads=2,
+        model = TinyConfig(vocab_size=CFG.vocab_size, hidden_size=32, num_heads=2,
                             num_kv_heads=1, num_layers=1, intermediate_size=32)  # fmt: skip
         _executor = GraphExecutor(TinyDecoder(model), CFG, backend="torch")
     return _executor

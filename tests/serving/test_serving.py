@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from graphbatch.executor import GraphExecutor
-from graphbatch.executor.models import TinyDecoder
+from graphbatch.models import TinyDecoder
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams
 from graphbatch.scheduler.workload import Turn
 from graphbatch.serving import ServingLoop

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 from graphbatch.executor import GraphExecutor
-from graphbatch.executor.models import TinyDecoder
+from graphbatch.models import TinyDecoder
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams
 from graphbatch.serving import ServingLoop
 from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess

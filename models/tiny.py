@@ -13,17 +13,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from graphbatch.executor.backends import Backend
+from graphbatch.executor.static_buffers import ModelInputs
 from graphbatch.kernels import gather_slots, scatter_slots
 from graphbatch.kernels.paged_attention import paged_attention
 from graphbatch.scheduler import SchedulerConfig
 from graphbatch.transfer.layout import KVLayout
 
-from ..backends import Backend
-from ..static_buffers import ModelInputs
-
 
 @dataclass(frozen=True)
-class ModelConfig:
+class TinyConfig:
     vocab_size: int = 4096
     hidden_size: int = 64
     num_layers: int = 2
@@ -58,8 +57,8 @@ class ModelConfig:
 
 
 PRESETS = {
-    "tiny": ModelConfig(),  # CPU default: seconds under the Triton interpreter
-    "small": ModelConfig(
+    "tiny": TinyConfig(),  # CPU default: seconds under the Triton interpreter
+    "small": TinyConfig(
         hidden_size=512,
         num_layers=4,
         num_heads=8,
@@ -67,7 +66,7 @@ PRESETS = {
         intermediate_size=1408,
         dtype="bfloat16",
     ),
-    "large": ModelConfig(
+    "large": TinyConfig(
         vocab_size=151552,
         hidden_size=2048,
         num_layers=4,
@@ -79,14 +78,14 @@ PRESETS = {
 }
 
 
-def preset(name: str, **overrides: Any) -> ModelConfig:
+def preset(name: str, **overrides: Any) -> TinyConfig:
     if name not in PRESETS:
         raise ValueError(f"model preset must be one of {sorted(PRESETS)}, got {name!r}")
     return replace(PRESETS[name], **overrides)
 
 
 class TinyDecoder:
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: TinyConfig) -> None:
         self.config = config
         self.backend: Backend | None = None
 

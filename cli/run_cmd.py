@@ -9,16 +9,20 @@ import math
 import sys
 
 from graphbatch.executor import BackendUnavailable, GraphExecutor, get_backend
-from graphbatch.models import TinyDecoder, preset
+from graphbatch.models import PRESETS, load_model
 from graphbatch.profiling import MemoryTracker, cuda_profiler_window
 from graphbatch.scheduler import PrefillScheduler, SchedulerConfig
+from graphbatch.scheduler.chat_text import text_chat_sessions
 from graphbatch.scheduler.workload import ChatWorkload, chat_sessions
 from graphbatch.serving import RunStats, ServingLoop
 
-from .summary import print_table, summarize
+from .summary import print_first_tokens, print_table, summarize
 
-# Per model preset: token budget, max_num_seqs, max_model_len.
+# Per model: token budget, max_num_seqs, max_model_len (checkpoints: CHECKPOINT_SIZE).
 SIZES = {"tiny": (256, 16, 1024), "small": (2048, 64, 4096), "large": (8192, 64, 4096)}
+CHECKPOINT_SIZE = (1024, 16, 2048)
+DEFAULT_MODEL = "smollm2"
+BLOCK_SIZE = 16
 MAX_REQUESTS = 100_000  # the workload is built up front: bound its memory
 INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (128 + SIGINT)
 
@@ -27,8 +31,17 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["paddle", "torch"], default="paddle")
     p.add_argument("--device", default=None, help="cpu, cuda:0 / gpu:0 (default: GPU if any)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run every step eager")
-    p.add_argument("--model", choices=sorted(SIZES), default="tiny", help="model size preset")
-    p.add_argument("--requests", type=int, default=24, help=f"at most {MAX_REQUESTS}")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"smollm2 (SmolLM2-135M-Instruct, the default), a random-weight preset "
+        f"{sorted(PRESETS)}, an HF folder or a .gguf file",
+    )
+    p.add_argument(
+        "--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+        help="model dtype (checkpoints: float32 by default)",
+    )  # fmt: skip
+    p.add_argument("--requests", type=int, default=30, help=f"at most {MAX_REQUESTS}")
     p.add_argument("--rounds", type=int, default=3, help="chat rounds per session")
     p.add_argument("--concurrency", type=int, default=8, help="sessions in flight")
     p.add_argument("--budget", type=int, default=None, help="max_num_batched_tokens")
@@ -118,10 +131,10 @@ def check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _configs(args: argparse.Namespace):
-    budget, seqs, max_len = SIZES[args.model]
-    model_cfg = preset(args.model, seed=args.seed)
-    bs = 16
+def _configs(args: argparse.Namespace, model):
+    budget, seqs, max_len = SIZES.get(args.model, CHECKPOINT_SIZE)
+    model_cfg = model.config
+    bs = BLOCK_SIZE
     sched_cfg = SchedulerConfig(
         max_num_seqs=seqs if args.max_num_seqs is None else args.max_num_seqs,
         max_num_batched_tokens=budget if args.budget is None else args.budget,
@@ -143,7 +156,23 @@ def _configs(args: argparse.Namespace):
         max_prompt_len=max_len,
         seed=args.seed,
     )
-    return model_cfg, sched_cfg, workload
+    return sched_cfg, workload
+
+
+def _load(args: argparse.Namespace):
+    """(model, None) or (None, why it could not be loaded)."""
+    try:
+        return load_model(args.model, dtype=args.dtype, seed=args.seed), None
+    except (ValueError, FileNotFoundError, OSError) as e:
+        return None, str(e)
+
+
+def _sessions(model, workload: ChatWorkload):
+    """Text chat rendered by the model's own template, or token ids for the presets."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return chat_sessions(workload)
+    return text_chat_sessions(tokenizer, workload)
 
 
 class Progress:
@@ -192,8 +221,12 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"graphbatch run: {problem}", file=sys.stderr)
         return 2
+    model, why = _load(args)
+    if model is None:
+        print(f"graphbatch run: --model {args.model!r}: {why}", file=sys.stderr)
+        return 2
     try:
-        model_cfg, sched_cfg, workload = _configs(args)
+        sched_cfg, workload = _configs(args, model)
     except ValueError as e:  # a combination the config refuses (e.g. budget vs buckets)
         print(f"graphbatch run: {e}", file=sys.stderr)
         return 2
@@ -205,12 +238,12 @@ def run(args: argparse.Namespace) -> int:
     tracker, reason = MemoryTracker.create(_cuda_index(backend))
     if tracker is not None and not backend.is_cuda:
         tracker, reason = None, f"the {backend.name} backend runs on the CPU"
-    sessions = chat_sessions(workload)
+    sessions = _sessions(model, workload)
     total = sum(len(s) for s in sessions)
     with contextlib.ExitStack() as stack:
         timeline = stack.enter_context(tracker.track(0.02)) if tracker else None
         ex = GraphExecutor(
-            TinyDecoder(model_cfg),
+            model,
             sched_cfg,
             backend=backend,
             use_cuda_graph=not args.no_cuda_graph,
@@ -252,10 +285,11 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         peak = f"unavailable ({reason})"
-    summary = summarize(stats, ex, args, peak, total)
+    summary = summarize(stats, ex, args, peak, total, sessions)
     if interrupted:
         print(f"interrupted: {stats.requests} of {total} requests finished before Ctrl-C")
     print_table(summary)
+    print_first_tokens(sessions, stats, getattr(model, "tokenizer", None))
     if args.report:
         from graphbatch.profiling.report import write_report
 

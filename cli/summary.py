@@ -6,7 +6,11 @@ from typing import Any
 
 import numpy as np
 from graphbatch.executor import GraphExecutor
+from graphbatch.kernels._runtime import CPU_KERNELS_ENV, cpu_kernels, kernel_path
+from graphbatch.scheduler.workload import Turn
 from graphbatch.serving import RunStats, percentile
+
+SHOWN_REQUESTS = 4  # requests whose message and first token the run prints
 
 
 def _ms(xs: list[float], q: float | None = None) -> float | None:
@@ -16,13 +20,39 @@ def _ms(xs: list[float], q: float | None = None) -> float | None:
     return round(1e3 * v, 2)
 
 
-def summarize(stats: RunStats, ex: GraphExecutor, args, peak: str, total: int) -> dict[str, Any]:
+def kernels_used(ex: GraphExecutor) -> str:
+    """Which kernel path ran, and what chose it."""
+    path = kernel_path("cuda" if ex.backend.is_cuda else "cpu")
+    if ex.backend.is_cuda:
+        return "triton (GPU)"
+    return f"{path} ({CPU_KERNELS_ENV}={cpu_kernels()})"
+
+
+def request_details(sessions: list[list[Turn]], stats: RunStats) -> list[dict[str, Any]]:
+    """Per planned request: its prompt ids, its user message and its first token."""
+    return [
+        {
+            "request_id": t.request.request_id,
+            "user_message": t.text,
+            "prompt_token_ids": list(t.request.prompt_token_ids),
+            "first_token_id": stats.first_tokens.get(t.request.request_id),
+        }
+        for turns in sessions
+        for t in turns
+    ]
+
+
+def summarize(
+    stats: RunStats, ex: GraphExecutor, args, peak: str, total: int, sessions: list[list[Turn]]
+) -> dict[str, Any]:
     ms = [t * 1e3 for t in stats.ttft_s]
     lat, dttft = stats.transfer_latency_s, stats.decode_ttft_s
     return {
         "backend": ex.backend.name,
         "device": ex.backend.device,
+        "kernels": kernels_used(ex),
         "model": args.model,
+        "model_detail": repr(ex.model),
         "cuda_graphs": ex.use_cuda_graph,
         "requests": stats.requests,
         "requests_failed": len(stats.failed),
@@ -56,12 +86,15 @@ def summarize(stats: RunStats, ex: GraphExecutor, args, peak: str, total: int) -
         "eager_runs": {str(k): v for k, v in sorted(ex.eager_runs.items())},
         "graph_memory_bytes": {str(k): v for k, v in sorted(ex.graph_memory.items())},
         "peak_gpu_memory": peak,
+        "request_details": request_details(sessions, stats),
     }
 
 
 def print_table(summary: dict[str, Any]) -> None:
     rows = [
+        ("model", summary["model_detail"]),
         ("backend / device", f"{summary['backend']} / {summary['device']}"),
+        ("kernels", summary["kernels"]),
         ("requests", f"{summary['requests']} done, {summary['requests_failed']} failed"),
         ("prompt tokens", summary["prompt_tokens"]),
         (
@@ -103,3 +136,17 @@ def _transfer_row(summary: dict[str, Any]) -> str:
         f"latency P50 / P90 {summary['transfer_ms_p50']} / {summary['transfer_ms_p90']} ms"
         + (", checksums verified" if summary["transfer_verified"] else "")
     )
+
+
+def print_first_tokens(sessions: list[list[Turn]], stats: RunStats, tokenizer: Any) -> None:
+    """A few requests' last user message and the first token the model answered."""
+    if tokenizer is None:
+        return
+    shown = [t for turns in sessions for t in turns if t.request.request_id in stats.first_tokens]
+    step = max(1, len(shown) // SHOWN_REQUESTS)
+    print("first tokens:")
+    for t in shown[::step][:SHOWN_REQUESTS]:
+        rid = t.request.request_id
+        msg = t.text if len(t.text) <= 60 else t.text[:57] + "..."
+        token = tokenizer.decode([stats.first_tokens[rid]])
+        print(f"  {rid:>8}  {msg!r} -> {token!r}")

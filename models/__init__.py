@@ -6,6 +6,7 @@ from .decoder import Decoder
 from .loader import load_model, smollm2_path
 from .registry import UnsupportedModel
 from .tiny import PRESETS, TinyConfig, TinyDecoder, preset
+from .tokenizer import Tokenizer
 
 __all__ = [
     "PRESETS",
@@ -14,6 +15,7 @@ __all__ = [
     "RopeScaling",
     "TinyConfig",
     "TinyDecoder",
+    "Tokenizer",
     "UnsupportedModel",
     "load_model",
     "preset",

@@ -34,6 +34,7 @@ class RunStats:
     wall_s: float = 0.0
     ttft_s: list[float] = field(default_factory=list)
     first_token_logprobs: list[float] = field(default_factory=list)
+    first_tokens: dict[str, int] = field(default_factory=dict)  # request id -> token id
     failed: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)  # failed request id -> why
     step_times: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
@@ -182,6 +183,7 @@ class ServingLoop:
         for rid in moved:
             self.prefill_ttft[rid] = now - self.ready_at[rid]
             self.stats.first_token_logprobs.append(out.logprobs[rid])
+            self.stats.first_tokens[rid] = out.token_ids[rid]
         if self.sender is None:
             self.transferring.extend(moved)
         else:  # every step registers (an empty list too) and signals its KV readiness

@@ -12,7 +12,10 @@ def add_parser(sub) -> None:
         "receive", help="run a decode-side KV receiver (for 'run --receiver HOST:PORT')"
     )
     p.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT")
-    p.add_argument("--model", default="tiny", help="model preset: its KV layout must match")
+    p.add_argument(
+        "--model", default="smollm2",
+        help="the prefill side's model (name, HF folder or .gguf): its KV layout must match",
+    )  # fmt: skip
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-blocks", type=int, default=4096, help="this cache's KV blocks")
     p.add_argument("--verify", action="store_true", help="check every request's checksum")
@@ -21,7 +24,7 @@ def add_parser(sub) -> None:
 
 def receive(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="receiver %(levelname)s: %(message)s")
-    from graphbatch.models import preset
+    from graphbatch.models import load_model
     from graphbatch.transfer import KVReceiver, ReceiverConfig, TransferError
     from graphbatch.transfer.wire import parse_address
 
@@ -29,9 +32,9 @@ def receive(args: argparse.Namespace) -> int:
         host, port = parse_address(args.listen)
         if not 1 <= args.block_size <= 1024 or not 1 <= args.num_blocks <= 1 << 24:
             raise ValueError("--block-size must be in [1, 1024], --num-blocks in [1, 2**24]")
-        layout = preset(args.model).kv_layout(args.block_size)
+        layout = load_model(args.model).config.kv_layout(args.block_size)
         cfg = ReceiverConfig(layout, args.num_blocks, host, port, verify=args.verify)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"graphbatch receive: {e}", file=sys.stderr)
         return 2
     try:

@@ -56,6 +56,14 @@ def test_run_end_to_end_with_report(tmp_path, capsys, backend):
     assert summary["prefix_cache"] and 0 < summary["prefix_hit_rate"] < 1
     assert summary["computed_tokens"] < summary["prompt_tokens"]
     assert "prefix cache hit rate" in out
+    # the default model is the real SmolLM2: real chat prompts, decoded first tokens
+    assert "SmolLM2" in summary["model_detail"] or "smollm2" in summary["model_detail"]
+    assert summary["kernels"].startswith("native") and "kernels" in out
+    details = summary["request_details"]
+    assert len(details) == 4 and all(d["first_token_id"] is not None for d in details)
+    assert details[0]["user_message"] == "What is the capital of France?"
+    assert details[0]["prompt_token_ids"][:3] == [1, 9690, 198]  # <|im_start|>system\n
+    assert "first tokens:" in out and "What is the capital of France?" in out
     import torch
 
     on_gpu = backend == "torch" and torch.cuda.is_available()  # paddle's CPU wheel: CPU
@@ -79,6 +87,24 @@ def test_no_prefix_cache_computes_every_prompt_token(tmp_path, capsys):
     assert summary["transfer"] == "none" and summary["transfer_bytes"] == 0
     assert summary["prefix_hit_rate"] == 0 and not summary["prefix_cache"]
     assert summary["computed_tokens"] == summary["prompt_tokens"]
+
+
+def test_run_on_the_random_preset_has_no_text(tmp_path, capsys):
+    rep = tmp_path / "r"
+    argv = ["run", "--model", "tiny", "--backend", "torch", "--requests", "4", "--rounds", "2"]
+    assert main([*argv, "--quiet", "--transfer", "none", "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((rep / "summary.json").read_text())
+    assert summary["model"] == "tiny" and "TinyDecoder" in summary["model_detail"]
+    assert all(d["user_message"] == "" for d in summary["request_details"])
+    assert "first tokens:" not in out  # token ids of a random model: nothing to decode
+
+
+@pytest.mark.parametrize("spec", ["/nonexistent/model", "no-such-model"])
+def test_run_names_a_model_it_cannot_load(capsys, spec):
+    assert main(["run", "--model", spec, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {spec!r}" in err and "Traceback" not in err
 
 
 def test_run_reports_an_unavailable_backend(capsys):
@@ -113,7 +139,8 @@ def test_bad_flags_exit_2_naming_the_flag_before_any_work(capsys, argv, flag):
 
 
 def test_an_unreachable_receiver_fails_the_run_with_the_address(capsys):
-    code = main(["run", "--backend", "torch", "--quiet", "--receiver", "127.0.0.1:1"])
+    argv = ["run", "--model", "tiny", "--backend", "torch", "--quiet"]
+    code = main([*argv, "--receiver", "127.0.0.1:1"])
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach the decode receiver at ('127.0.0.1', 1)" in err
 
@@ -131,7 +158,8 @@ def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch)
         return step(self)
 
     monkeypatch.setattr(ServingLoop, "_step", interrupted_step)
-    argv = ["run", "--backend", "torch", "--requests", "6", "--rounds", "2", "--budget", "64"]
+    argv = ["run", "--model", "tiny", "--backend", "torch", "--requests", "6", "--rounds", "2"]
+    argv += ["--budget", "64"]
     assert main([*argv, "--concurrency", "3", "--quiet"]) == 130
     out = capsys.readouterr().out
     assert "interrupted:" in out and "TTFT mean" in out and len(calls) == 4

@@ -1,6 +1,17 @@
-"""Triton kernels; each takes torch or paddle tensors (CPU: Triton interpreter)."""
+"""Triton kernels; each takes torch or paddle tensors.
 
-from ._runtime import interpreting, new_error_counter, reset_error_counter  # noqa: I001
+On a GPU the Triton kernels run. On a CPU each launcher runs a native torch
+implementation of the same contract (``kernels/native/``), or the Triton kernel under
+the interpreter with ``GRAPHBATCH_CPU_KERNELS=triton`` (the reference the native path
+is tested against).
+"""
+
+from ._runtime import (  # noqa: I001
+    interpreting,
+    kernel_path,
+    new_error_counter,
+    reset_error_counter,
+)
 from .gather_slots import gather_slots
 from .scatter_slots import scatter_slots
 from .top_p_sample import top_p_sample
@@ -8,6 +19,7 @@ from .top_p_sample import top_p_sample
 __all__ = [
     "gather_slots",
     "interpreting",
+    "kernel_path",
     "new_error_counter",
     "reset_error_counter",
     "scatter_slots",

@@ -38,6 +38,40 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+CPU_KERNELS_ENV = "GRAPHBATCH_CPU_KERNELS"
+_CPU_KERNEL_PATHS = ("native", "triton")
+
+
+def cpu_kernels() -> str:
+    """The kernel path for CPU tensors: ``GRAPHBATCH_CPU_KERNELS`` = native (default) | triton.
+
+    Read at every call, not at import, so a test or a CLI flag can switch it at any time;
+    unset or empty means native, any other value is a ValueError.
+    ``native`` runs torch implementations of the same contracts; ``triton`` runs the Triton
+    kernels under the interpreter (slow: the reference the native path is tested against).
+    """
+    value = os.environ.get(CPU_KERNELS_ENV, "") or "native"
+    if value not in _CPU_KERNEL_PATHS:
+        raise ValueError(f"{CPU_KERNELS_ENV}={value!r}: must be one of {_CPU_KERNEL_PATHS}")
+    return value
+
+
+def kernel_path(device: Any) -> str:
+    """What the launchers run for tensors on ``device``: "native" or "triton".
+
+    A GPU always runs the Triton kernels (they are what CUDA graphs capture); a CPU runs
+    what ``GRAPHBATCH_CPU_KERNELS`` names. For a CLI to report which path is live.
+    """
+    if torch.device(device).type == "cpu" and cpu_kernels() == "native":
+        return "native"
+    return "triton"
+
+
+def use_native(t: torch.Tensor) -> bool:
+    """Should a launcher whose tensors live where ``t`` does run the native torch path?"""
+    return kernel_path(t.device) == "native"
+
+
 def gpu_tiles() -> bool:
     """Pick the tile sizes a GPU launch would use.
 

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
+from . import native
 from ._checked import count_bad_rows, slot_tile
 from ._slots import as_rows, block_d, check_indices, rows_per_program
 
@@ -68,6 +69,9 @@ def gather_slots(table: Any, indices: Any, out: Any = None, error_counter: Any =
         rt.same_device({"table": tab, "out": out_t})
     err = rt.check_error_counter(error_counter, device)
     if T == 0 or D == 0:
+        return out
+    if rt.use_native(tab):
+        native.gather_slots(tab, idx, out_t, err)
         return out
     rows, bd = rows_per_program(T, D), block_d(D)
     grid = (triton.cdiv(T, rows), triton.cdiv(D, bd))

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
+from . import native
 from ._checked import count_bad_rows
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -186,6 +187,9 @@ def paged_attention(
         rt.same_device({"q": qt, "out": out_t})
     err = rt.check_error_counter(error_counter, device)
     if T == 0:
+        return out
+    if rt.use_native(qt):
+        native.paged_attention(qt, kc, vc, bt, qsl, sl, pos, block_size, scale, out_t, err)
         return out
     bm, bn, warps = _tiles(D, qt.dtype)
     grid = (T // bm + S + 1, H)

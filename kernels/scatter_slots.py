@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
+from . import native
 from ._checked import count_bad_rows, slot_tile
 from ._slots import as_rows, block_d, check_indices, rows_per_program
 
@@ -61,6 +62,9 @@ def scatter_slots(table: Any, indices: Any, values: Any, error_counter: Any = No
     device = rt.same_device({"table": tab, "indices": idx, "values": vals_full})
     err = rt.check_error_counter(error_counter, device)
     if T == 0 or D == 0:
+        return
+    if rt.use_native(tab):
+        native.scatter_slots(tab, idx, vals_full.view(T, -1), err)
         return
     rows, bd = rows_per_program(T, D), block_d(D)
     grid = (triton.cdiv(T, rows), triton.cdiv(D, bd))

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001  (sets TRITON_INTERPRET before triton loads)
+from . import native
 from ._checked import count_bad_rows
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -338,6 +339,9 @@ def top_p_sample(
         names = ("temperature", "top_p", "top_k", "min_p")
         _check_values({k: ts[k] for k in names if k in ts}, min(max(n, 0), S))
     if S == 0:
+        return out
+    if rt.use_native(lg):
+        native.top_p_sample(lg, ts, nv_t if from_ptr else nv_int, out_t, lp_t, err)
         return out
     rows, block = _tile(S, V)
     with rt.launch_stream(logits), rt.quiet_interpreter():

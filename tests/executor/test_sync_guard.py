@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from graphbatch.executor.models import TinyDecoder
 from graphbatch.executor.sync_guard import HostSyncError, HostSyncGuard
 from graphbatch.kernels import top_p_sample
+from graphbatch.models import TinyDecoder
 
 from .helpers import MODEL, SCHED, make_executor, requests, scheduler_with
+
+
+@pytest.fixture(autouse=True)
+def _triton_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard proves the captured (GPU) region, and a GPU always runs the Triton
+    # kernels; the native CPU path reads values on the host (num_valid, row sets) by design.
+    monkeypatch.setenv("GRAPHBATCH_CPU_KERNELS", "triton")
 
 
 def test_captured_callable_is_sync_free_for_every_bucket():

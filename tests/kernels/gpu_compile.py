@@ -30,6 +30,8 @@ from dataclasses import dataclass
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("gpu_compile.py must run with TRITON_INTERPRET=0 (it compiles, it does not run)")
 os.environ["TRITON_INTERPRET"] = "0"
+# the launchers' CPU tensors must reach the JIT kernels, not the native torch path
+os.environ["GRAPHBATCH_CPU_KERNELS"] = "triton"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the GPU default; silences a warning
 
 import torch  # noqa: E402
@@ -109,8 +111,8 @@ def _record(self: JITFunction, *args, grid, warmup, **kwargs):
 
 # ---- driving the launchers ----------------------------------------------------------
 def _sampler_calls():
-    from graphbatch.executor.models.tiny_decoder import PRESETS
     from graphbatch.kernels import new_error_counter, top_p_sample
+    from graphbatch.models.tiny import PRESETS
 
     def call(S, V, dtype=torch.float32, k_dtype=torch.int32, out_dtype=torch.int64, **flags):
         f = lambda v, dt: torch.full((S,), v, dtype=dt)  # noqa: E731
@@ -141,8 +143,8 @@ def _sampler_calls():
 
 
 def _slot_calls():
-    from graphbatch.executor.models.tiny_decoder import PRESETS
     from graphbatch.kernels import gather_slots, new_error_counter, scatter_slots
+    from graphbatch.models.tiny import PRESETS
 
     def call(dtype, D, idx_dtype=torch.int64, err=True):
         table = torch.zeros(64, D, dtype=dtype)
@@ -167,9 +169,9 @@ def _slot_calls():
 
 
 def _attention_calls():
-    from graphbatch.executor.models.tiny_decoder import PRESETS
     from graphbatch.kernels import new_error_counter
     from graphbatch.kernels.paged_attention import paged_attention
+    from graphbatch.models.tiny import PRESETS
 
     presets = {(p.num_heads, p.num_kv_heads, p.head_dim, p.dtype) for p in PRESETS.values()}
     spread = {(8, 2, D, dt) for D in (16, 32, 64, 128, 256) for dt in ("float32", "bfloat16")}

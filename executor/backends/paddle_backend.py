@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,15 @@ class _PaddleGraph(Graph):
 
     def replay(self) -> None:
         self._graph.replay()
+
+
+def _use_every_core(paddle: Any) -> None:
+    """Paddle's CPU math runs on one thread unless told otherwise (its
+    FLAGS_paddle_num_threads default); give it the cores this process may use, as torch
+    does by default. OMP_NUM_THREADS, when set, is the user's choice and wins."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    paddle.base.core.set_num_threads(len(os.sched_getaffinity(0)))
 
 
 class PaddleBackend(Backend):
@@ -42,6 +52,8 @@ class PaddleBackend(Backend):
         elif device != "cpu":
             raise BackendUnavailable(f"device {device!r}: only cpu and gpu are supported")
         paddle.set_device(device)
+        if device == "cpu":
+            _use_every_core(paddle)
         self._device = device
         self._place = paddle.CUDAPlace(int(device.split(":")[1])) if self.is_cuda else None
 

@@ -110,6 +110,16 @@ def _record(self: JITFunction, *args, grid, warmup, **kwargs):
 
 
 # ---- driving the launchers ----------------------------------------------------------
+# Real checkpoints' shapes (graphbatch.models): (heads, kv heads, head_dim, hidden, vocab)
+REAL_SHAPES = {
+    "SmolLM2-135M": (9, 3, 64, 576, 49152),
+    "Llama-3.1-8B": (32, 8, 128, 4096, 128256),
+    "Qwen2.5-7B": (28, 4, 128, 3584, 152064),
+    "Qwen3-8B": (32, 8, 128, 4096, 151936),
+}
+REAL_DTYPES = ("float32", "bfloat16")
+
+
 def _sampler_calls():
     from graphbatch.kernels import new_error_counter, top_p_sample
     from graphbatch.models.tiny import PRESETS
@@ -130,7 +140,8 @@ def _sampler_calls():
             logprobs=torch.empty(S, dtype=torch.float32) if flags.get("logprobs", True) else None,
         )
 
-    vocabs = sorted({p.vocab_size for p in PRESETS.values()} | {1, 111, 999, 32000, 128256})
+    vocabs = {p.vocab_size for p in PRESETS.values()} | {1, 111, 999, 32000, 128256}
+    vocabs = sorted(vocabs | {v for *_, v in REAL_SHAPES.values()})
     for V in vocabs:
         for dtype in _FLOATS:
             call(16, V, dtype)  # what the executor launches, per vocabulary and dtype
@@ -160,8 +171,12 @@ def _slot_calls():
     widths = {1, 7, 4097}
     for p in PRESETS.values():
         widths |= {p.hidden_size, p.num_kv_heads * p.head_dim}
+    # real models also gather hidden rows and the RoPE tables' head_dim-wide rows
+    for _h, hkv, d, hidden, _v in REAL_SHAPES.values():
+        widths |= {hidden, hkv * d, d}
+    dtypes = {getattr(torch, p.dtype) for p in PRESETS.values()} | {torch.float32}
     for D in sorted(widths):
-        for dtype in {getattr(torch, p.dtype) for p in PRESETS.values()}:
+        for dtype in dtypes:
             call(dtype, D)
     for idx_dtype in (torch.int32, torch.int64):
         for err in (False, True):
@@ -174,6 +189,7 @@ def _attention_calls():
     from graphbatch.models.tiny import PRESETS
 
     presets = {(p.num_heads, p.num_kv_heads, p.head_dim, p.dtype) for p in PRESETS.values()}
+    presets |= {(h, hkv, d, dt) for h, hkv, d, *_ in REAL_SHAPES.values() for dt in REAL_DTYPES}
     spread = {(8, 2, D, dt) for D in (16, 32, 64, 128, 256) for dt in ("float32", "bfloat16")}
     spread.add((8, 8, 128, "float16"))
     runs = [(shape, 16, 16, True) for shape in sorted(spread | presets)]

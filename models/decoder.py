@@ -11,6 +11,7 @@ goes through the final norm and the LM head.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,14 @@ from graphbatch.scheduler import SchedulerConfig
 from .config import ModelConfig
 from .rope import cos_sin
 from .weights import WeightStore
+
+PROGRESS_MIN_LAYERS = 8  # smaller models load too fast to need a progress line
+
+
+def _progress(name: str, done: int, total: int) -> None:
+    quarter = max(1, total // 4)
+    if total >= PROGRESS_MIN_LAYERS and (done % quarter == 0 or done == total):
+        print(f"graphbatch: loading {name}: layer {done}/{total}", file=sys.stderr)
 
 
 class Decoder:
@@ -68,7 +77,10 @@ class Decoder:
             backend.from_numpy(get("model.embed_tokens.weight", (c.vocab_size, c.hidden_size))),
             c.dtype,
         )
-        self.layers = [self._bind_layer(i) for i in range(c.num_layers)]
+        self.layers = []
+        for i in range(c.num_layers):
+            self.layers.append(self._bind_layer(i))
+            _progress(self.name, i + 1, c.num_layers)
         self.norm = self._vector(get("model.norm.weight", (c.hidden_size,)))
         head = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
         self.lm_head = backend.linear_weight(get(head, (c.vocab_size, c.hidden_size)), c.dtype)

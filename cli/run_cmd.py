@@ -121,13 +121,17 @@ def check_args(args: argparse.Namespace) -> str | None:
             return f"--receiver: {e}"
     if args.report is not None:
         import os
+        import tempfile
 
         try:
             os.makedirs(args.report, exist_ok=True)
         except OSError as e:
             return f"--report {args.report!r}: cannot create the directory ({e.strerror})"
-        if not os.access(args.report, os.W_OK):
-            return f"--report {args.report!r}: the directory is not writable"
+        try:  # os.access says yes for root on read-only file systems (/sys): really write
+            with tempfile.TemporaryFile(dir=args.report):
+                pass
+        except OSError as e:
+            return f"--report {args.report!r}: the directory is not writable ({e.strerror})"
     return None
 
 
@@ -216,6 +220,15 @@ def _start_transfer(args, ex: GraphExecutor, sched_cfg, stack: contextlib.ExitSt
 
 
 def run(args: argparse.Namespace) -> int:
+    """The run; Ctrl-C while serving prints what finished, before it just stops (130)."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # while loading, capturing or starting the receiver
+        print("interrupted before serving started", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     problem = check_args(args)
     if problem is not None:

@@ -40,6 +40,10 @@ class GraphExecutor:
         use_cuda_graph: bool = True,
         memory_tracker: MemoryTracker | None = None,
     ) -> None:
+        if not isinstance(scheduler_config, SchedulerConfig):
+            raise TypeError(
+                f"scheduler_config must be a SchedulerConfig, got {type(scheduler_config).__name__}"
+            )
         self.config = scheduler_config
         self.tracker = memory_tracker
         self.backend = get_backend(backend, device) if isinstance(backend, str) else backend

@@ -38,6 +38,6 @@ def check_model(model: Any) -> None:
     missing = [m for m in ("bind", "forward") if not callable(getattr(model, m, None))]
     if missing:
         raise TypeError(
-            f"{type(model).__name__} is not an executor model: it lacks {', '.join(missing)}() "
+            f"{type(model).__name__} is not an executor model: it lacks {', '.join(missing)} "
             "(see graphbatch.executor.ExecutorModel)"
         )

@@ -15,6 +15,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
+def check_positive_ints(config: object, names: tuple[str, ...]) -> None:
+    """ValueError naming the first field of ``config`` that is not an int > 0."""
+    for name in names:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be an int > 0, got {v!r}")
+
+
 @dataclass(frozen=True)
 class RopeScaling:
     """llama3-style frequency scaling (``rope_type: llama3``)."""
@@ -67,19 +75,10 @@ class ModelConfig:
             raise ValueError(
                 f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"
             )
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "intermediate_size",
-            "max_position_embeddings",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"ModelConfig.{name} must be an int > 0, got {v!r}")
+        check_positive_ints(self, (
+            "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+            "intermediate_size", "max_position_embeddings",
+        ))  # fmt: skip
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"

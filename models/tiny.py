@@ -20,6 +20,8 @@ from graphbatch.kernels.paged_attention import paged_attention
 from graphbatch.scheduler import SchedulerConfig
 from graphbatch.transfer.layout import KVLayout
 
+from .config import check_positive_ints
+
 
 @dataclass(frozen=True)
 class TinyConfig:
@@ -34,6 +36,10 @@ class TinyConfig:
     rms_eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        check_positive_ints(self, (
+            "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+            "intermediate_size",
+        ))  # fmt: skip
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} / num_heads {self.num_heads} / "

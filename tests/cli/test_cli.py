@@ -122,6 +122,7 @@ def test_run_reports_an_unavailable_backend(capsys):
         (["run", "--budget", "0"], "--budget"),
         (["run", "--max-num-seqs", "0"], "--max-num-seqs"),
         (["run", "--report", "/proc/graphbatch-report"], "--report"),
+        (["run", "--report", "/sys/kernel"], "--report"),  # root passes os.access there
         (["run", "--transfer-deadline", "0"], "--transfer-deadline"),
         (["run", "--receiver", "nohost"], "--receiver"),
         (["run", "--receiver", "h:99999"], "--receiver"),
@@ -163,6 +164,19 @@ def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch)
     assert main([*argv, "--concurrency", "3", "--quiet"]) == 130
     out = capsys.readouterr().out
     assert "interrupted:" in out and "TTFT mean" in out and len(calls) == 4
+
+
+@pytest.mark.parametrize("where", ["load_model", "GraphExecutor", "_start_transfer"])
+def test_ctrl_c_before_serving_exits_130_without_a_traceback(capsys, monkeypatch, where):
+    from graphbatch.cli import run_cmd
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_cmd, where, interrupted)
+    assert main(["run", "--model", "tiny", "--backend", "torch", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before serving started" in err and "Traceback" not in err
 
 
 def test_a_broken_executor_import_says_why(capsys, monkeypatch):

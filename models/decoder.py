@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from graphbatch.executor.backends import Backend
 from graphbatch.executor.static_buffers import ModelInputs
-from graphbatch.kernels import gather_slots, scatter_slots
-from graphbatch.kernels.paged_attention import paged_attention
+from graphbatch.kernels import gather_slots
 from graphbatch.scheduler import SchedulerConfig
 
 from .config import ModelConfig
+from .layers import cached_attention, rms_norm
 from .rope import cos_sin
 from .weights import WeightStore
 
@@ -137,10 +137,7 @@ class Decoder:
 
     # ---- forward ----------------------------------------------------------------
     def _rms(self, x: Any, weight: Any) -> Any:
-        b = self.backend
-        x32 = b.cast(x, "float32")
-        y = x32 * b.rsqrt((x32 * x32).mean(-1, keepdim=True) + self.config.rms_eps)
-        return b.cast(y, self.config.dtype) * weight
+        return rms_norm(self.backend, x, weight, self.config.rms_eps, self.config.dtype)
 
     def _rope(self, x: Any, cos: Any, sin: Any) -> Any:
         half = self.config.head_dim // 2
@@ -148,7 +145,7 @@ class Decoder:
         return x * cos + rotated * sin
 
     def _attention(self, i: int, L: dict, x: Any, inp: ModelInputs, cos: Any, sin: Any) -> Any:
-        b, c, err, T = self.backend, self.config, inp.errors, inp.num_tokens
+        b, c, T = self.backend, self.config, inp.num_tokens
         qd, kd, D = c.num_heads * c.head_dim, c.num_kv_heads_dim, c.head_dim
         qkv = b.linear(x, L["wqkv"], L["bqkv"])
         q = b.reshape(qkv[:, :qd], (T, c.num_heads, D))
@@ -157,20 +154,7 @@ class Decoder:
         if c.qk_norm:
             q, k = self._rms(q, L["qn"]), self._rms(k, L["kn"])
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-        scatter_slots(self.k_cache[i], inp.slot_mapping, k, error_counter=err["slot_mapping"])
-        scatter_slots(self.v_cache[i], inp.slot_mapping, v, error_counter=err["slot_mapping"])
-        a = paged_attention(
-            q,
-            self.k_cache[i],
-            self.v_cache[i],
-            inp.block_tables,
-            inp.query_start_loc,
-            inp.seq_lens,
-            inp.positions,
-            inp.block_size,
-            D**-0.5,
-            error_counter=err["block_tables"],
-        )
+        a = cached_attention(inp, q, k, v, self.k_cache[i], self.v_cache[i], D**-0.5)
         return b.linear(b.reshape(a, (T, qd)), L["wo"])
 
     def _rope_tables(self, inp: ModelInputs) -> tuple[Any, Any]:

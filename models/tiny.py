@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 from graphbatch.executor.backends import Backend
 from graphbatch.executor.static_buffers import ModelInputs
-from graphbatch.kernels import gather_slots, scatter_slots
-from graphbatch.kernels.paged_attention import paged_attention
+from graphbatch.kernels import gather_slots
 from graphbatch.scheduler import SchedulerConfig
 from graphbatch.transfer.layout import KVLayout
 
 from .config import check_positive_ints
+from .layers import cached_attention, rms_norm
 
 
 @dataclass(frozen=True)
@@ -143,10 +143,7 @@ class TinyDecoder:
         return [t for kv in zip(self.k_cache, self.v_cache, strict=True) for t in kv]
 
     def _rms(self, x: Any, weight: Any) -> Any:
-        b = self.backend
-        x32 = b.cast(x, "float32")
-        y = x32 * b.rsqrt((x32 * x32).mean(-1, keepdim=True) + self.config.rms_eps)
-        return b.cast(y, self.config.dtype) * weight
+        return rms_norm(self.backend, x, weight, self.config.rms_eps, self.config.dtype)
 
     def forward(self, inp: ModelInputs) -> Any:
         """Logits [max_num_seqs, vocab] (float32) for each sequence's last token."""
@@ -159,20 +156,7 @@ class TinyDecoder:
             q = b.reshape(x @ L["wq"], (T, c.num_heads, D))
             k = b.reshape(x @ L["wk"], (T, c.num_kv_heads, D))
             v = b.reshape(x @ L["wv"], (T, c.num_kv_heads, D))
-            scatter_slots(self.k_cache[i], inp.slot_mapping, k, error_counter=err["slot_mapping"])
-            scatter_slots(self.v_cache[i], inp.slot_mapping, v, error_counter=err["slot_mapping"])
-            a = paged_attention(
-                q,
-                self.k_cache[i],
-                self.v_cache[i],
-                inp.block_tables,
-                inp.query_start_loc,
-                inp.seq_lens,
-                inp.positions,
-                inp.block_size,
-                D**-0.5,
-                error_counter=err["block_tables"],
-            )
+            a = cached_attention(inp, q, k, v, self.k_cache[i], self.v_cache[i], D**-0.5)
             h = h + b.reshape(a, (T, c.hidden_size)) @ L["wo"]
             x = self._rms(h, L["n2"])
             h = h + (b.silu(x @ L["w1"]) * (x @ L["w3"])) @ L["w2"]

@@ -92,7 +92,12 @@ def config_from_gguf(reader: GGUFFile, dtype: str = "float32") -> ModelConfig:
     names = {t.name for t in reader.tensors}
     eos = field(reader, "tokenizer.ggml.eos_token_id", None)
     vocab = field(reader, f"{arch}.vocab_size", None)
-    if vocab is None:
+    if vocab is None:  # older files: the vocabulary's length
+        if "tokenizer.ggml.tokens" not in reader.fields:
+            raise ValueError(
+                f"{reader.path}: GGUF fields {arch}.vocab_size and tokenizer.ggml.tokens "
+                "are both missing: no vocabulary size"
+            )
         vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     return ModelConfig(
         architecture=arch,

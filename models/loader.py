@@ -63,7 +63,10 @@ def _load_gguf(path: str, dtype: str, name: str = "") -> Decoder:
     factors = None
     if "rope_freqs.weight" in weights:
         factors = weights.get("rope_freqs.weight", (config.head_dim // 2,))
-    tokenizer = Tokenizer.from_gguf_reader(reader.reader)
+    try:
+        tokenizer = Tokenizer.from_gguf_reader(reader.reader)
+    except ValueError as e:  # name the file: the tokenizer only sees metadata
+        raise ValueError(f"{path}: {e}") from None
     return Decoder(config, weights, tokenizer, name or path, rope_factors=factors)
 
 

@@ -22,7 +22,7 @@ import torch
 from graphbatch.executor import GraphExecutor
 from graphbatch.models import load_model, smollm2_path
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerConfig
-from graphbatch.scheduler.chat_text import SESSIONS, _conversation
+from graphbatch.scheduler.chat_text import SESSIONS, conversation
 from paddle.base import core as paddle_core
 
 PAUSE_S = 0.3  # between configurations: the other OpenMP runtime's idle threads stop spinning
@@ -127,7 +127,7 @@ def main() -> None:
     models = {b: load_model("smollm2", dtype="float32") for b in ("torch", "paddle")}
     tok = models["torch"].tokenizer
     prompts = [
-        tok.apply_chat_template(_conversation(system, users, replies, r))
+        tok.apply_chat_template(conversation(system, users, replies, r))
         for r in (0, 1)
         for system, users, replies in SESSIONS
     ]

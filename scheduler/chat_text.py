@@ -120,7 +120,7 @@ SESSIONS: list[tuple[str, list[str], list[str]]] = [
 ]  # fmt: skip
 
 
-def _conversation(system: str, users: list[str], replies: list[str], r: int) -> list[dict]:
+def conversation(system: str, users: list[str], replies: list[str], r: int) -> list[dict]:
     msgs = [{"role": "system", "content": system}] if system else []
     for i in range(r + 1):
         msgs.append({"role": "user", "content": users[i]})
@@ -139,7 +139,7 @@ def text_chat_sessions(tokenizer: ChatTokenizer, w: ChatWorkload) -> list[list[T
         sampling = sampling_mix(s, w.seed)
         turns = []
         for r in range(min(w.rounds, len(users))):
-            msgs = _conversation(system, users, replies, r)
+            msgs = conversation(system, users, replies, r)
             ids = list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
             req = Request(f"s{s}-r{r}", ids[-w.max_prompt_len :], sampling)
             turns.append(Turn(s, r, req, text=users[r]))

@@ -14,7 +14,7 @@ import pytest
 from graphbatch.executor import GraphExecutor
 from graphbatch.models import Decoder, load_model
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerConfig
-from graphbatch.scheduler.chat_text import SESSIONS, _conversation
+from graphbatch.scheduler.chat_text import SESSIONS, conversation
 
 from ..executor.helpers import backends
 from .conftest import NEEDS_HF, NEEDS_SMOLLM2
@@ -32,7 +32,7 @@ def chat_prompts(tokenizer, rounds: int = 1) -> list[list[list[int]]]:
     out = []
     for r in range(rounds):
         ids = [
-            tokenizer.apply_chat_template(_conversation(sys_, users, replies, r))
+            tokenizer.apply_chat_template(conversation(sys_, users, replies, r))
             for sys_, users, replies in SESSIONS
         ]
         out.append(ids)

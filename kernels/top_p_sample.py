@@ -11,10 +11,13 @@ min_p compares with the max, so renormalising does not change it). Draw from wha
 One program per row on a GPU. Pass 1 finds the max, argmax, normaliser and the
 smallest order key (an int32 whose order is the logits' order). Two exact threshold
 searches narrow an interval of keys with NUM_PIVOTS pivots per pass over the
-vocabulary: first the k-th largest key by count (carrying the kept mass with it),
-then the top-p key by mass inside the top-k set. The last pass draws by Gumbel-max over
-the kept tokens, Philox keyed on (seed, offset, token). No host sync, no
-data-dependent shapes.
+vocabulary (half split the keys evenly, half split the values, the first top-p round
+crowded towards the max): first the k-th largest key by count (carrying the kept mass
+with it), then the top-p key by mass inside the top-k set. A search stops once its
+interval holds one token or one key. The last pass draws by Gumbel-max over the kept
+tokens, Philox keyed on (seed, offset, token). Every pass keeps per-thread partials
+across its tile loop and reduces them once (memory-bound passes, see
+``benchmarks/sampler_cost.py``). No host sync, no data-dependent shapes.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from . import native
 from ._checked import count_bad_rows
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_ROUNDS = 12  # safety bound; n pivots split the key interval n + 1 ways per round
-# Any pivot count finds the same exact threshold; 16 needs at most 8 rounds for 2^32
-# keys and keeps the [pivots, BLOCK] tile small. Measured under the interpreter too:
+MAX_ROUNDS = 12  # safety bound; n/2 key pivots split the key interval n/2 + 1 ways a round
+# Any pivot count finds the same exact threshold; 16 (8 of them on keys) needs at most
+# 11 rounds for 2^32 keys and keeps the [pivots, BLOCK] partials in registers.
+# Measured under the interpreter too:
 # 16 pivots x many rows beat 64-256 pivots by 6-9x (it pays per op and per element).
 NUM_PIVOTS = 16
 _TILE_ELEMENTS = 1 << 20  # Triton's largest tensor: [ROWS, NUM_PIVOTS, BLOCK] fits
@@ -56,37 +60,76 @@ def _load_rows(row_ptrs, rmask, idx, V):
 
 
 @triton.jit
-def _search(row_ptrs, rmask, V, m, inv_t, lo, hi, mlo, target, kk,
+def _key_value(k):
+    # inverse of _order_key: the float whose order key is k
+    return tl.where(k >= 0, k, k ^ 0x7FFFFFFF).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _search(row_ptrs, rmask, V, m, inv_t, v_floor, lo, hi, mlo, clo, chi, target, kk,
             ROWS: tl.constexpr, BLOCK: tl.constexpr, NUM_PIVOTS: tl.constexpr,
-            MAX_ROUNDS: tl.constexpr):  # fmt: skip
+            MAX_ROUNDS: tl.constexpr, SKEW: tl.constexpr):  # fmt: skip
     """Largest key K in [lo, hi) with mass(key >= K) >= target or count(key >= K) >= kk.
 
     Invariant: the condition holds at lo and fails at hi. ``mlo`` = mass(key >= lo)
-    (exp((x - m) / T) summed) is carried along, exact, from the pass that moved lo.
+    (exp((x - m) / T) summed) and ``clo`` = count(key >= lo), ``chi`` = count(key >= hi)
+    are carried along, exact, from the pass that moved lo or hi. A row is done when
+    [lo, hi) holds one key or one token: keeping key >= lo is then exactly key >= K.
     """
     offs = tl.arange(0, BLOCK)
+    HALF: tl.constexpr = NUM_PIVOTS // 2
+    j = tl.arange(0, NUM_PIVOTS)
     rounds = tl.zeros([], tl.int32)  # a tensor from the start: loop-carried types must not change
-    while (tl.max(hi - lo, 0) > 1) & (rounds < MAX_ROUNDS):
-        j = tl.arange(0, NUM_PIVOTS) + 1
-        piv = lo[:, None] + ((hi - lo)[:, None] * j[None, :]) // (NUM_PIVOTS + 1)
-        mass = tl.zeros([ROWS, NUM_PIVOTS], tl.float32)
-        cnt = tl.zeros([ROWS, NUM_PIVOTS], tl.int32)
+    active = (hi - lo > 1) & (clo - chi > 1)
+    while (tl.max(active.to(tl.int32), 0) > 0) & (rounds < MAX_ROUNDS):
+        # Half the pivots split the key interval evenly: it shrinks >= HALF + 1 times a
+        # round whatever the data (11 rounds for 2^32 keys). The other half split the
+        # values, where logits are dense; on the first top-p round they crowd towards
+        # the max (cubic spacing), where the mass is. Pivots need not be sorted: ok is
+        # monotone in the pivot, so max / min over the ok ones pick the new interval.
+        jk = (j - HALF + 1).to(tl.int64)
+        span = (hi - lo)[:, None]
+        kpiv = lo[:, None] + (span * jk[None, :]) // (HALF + 1)
+        v_lo = tl.maximum(_key_value(lo.to(tl.int32)), v_floor)
+        v_hi = _key_value((hi - 1).to(tl.int32))
+        u = (j + 1).to(tl.float32) / (HALF + 1)
+        if SKEW:
+            w = 1.0 - u
+            f = tl.where(rounds == 0, 1.0 - w * w * w, u)
+        else:
+            f = u
+        v = v_lo[:, None] * (1.0 - f[None, :]) + v_hi[:, None] * f[None, :]
+        vpiv = _order_key(v + 0.0).to(tl.int64)
+        piv = tl.where(j[None, :] < HALF, vpiv, kpiv)
+        piv = tl.minimum(tl.maximum(piv, lo[:, None] + 1), hi[:, None] - 1)
+        piv32 = piv.to(tl.int32)
+        # per-thread partials across the whole row: one block reduction per pass
+        mass_acc = tl.zeros([ROWS, NUM_PIVOTS, BLOCK], tl.float32)
+        cnt_acc = tl.zeros([ROWS, NUM_PIVOTS, BLOCK], tl.int32)
         for start in range(0, V, BLOCK):
             idx = start + offs
             x, mask, nan_seen = _load_rows(row_ptrs, rmask, idx, V)
-            key = _order_key(x).to(tl.int64)
-            e = tl.where(mask & (x > float("-inf")), tl.exp((x - m[:, None]) * inv_t[:, None]), 0.0)
-            ge = (key[:, None, :] >= piv[:, :, None]) & mask[:, None, :]
-            mass += tl.sum(tl.where(ge, e[:, None, :], 0.0), 2)
-            cnt += tl.sum(tl.where(ge, 1, 0), 2)
+            # masked and NaN lanes read -inf: the lowest key, below every pivot (> kmin)
+            key = _order_key(x)
+            e = tl.exp((x - m[:, None]) * inv_t[:, None])
+            ge = key[:, None, :] >= piv32[:, :, None]
+            mass_acc += tl.where(ge, e[:, None, :], 0.0)
+            cnt_acc += ge.to(tl.int32)
+        mass = tl.sum(mass_acc, 2)
+        cnt = tl.sum(cnt_acc, 2)
         ok = (mass >= target[:, None]) | (cnt >= kk[:, None])
         moved = tl.max(ok.to(tl.int32), 1) > 0
-        # pivots ascend and ok is monotone: the largest ok pivot has the smallest mass
+        failed = tl.min(ok.to(tl.int32), 1) == 0
+        # ok is monotone: the largest ok pivot has the least mass and count, the
+        # smallest failing one the largest count
         mlo = tl.where(moved, tl.min(tl.where(ok, mass, float("inf")), 1), mlo)
+        clo = tl.where(moved, tl.min(tl.where(ok, cnt, 2147483647), 1), clo)
+        chi = tl.where(failed, tl.max(tl.where(ok, -1, cnt), 1), chi)
         lo = tl.maximum(lo, tl.max(tl.where(ok, piv, lo[:, None]), 1))
         hi = tl.minimum(hi, tl.min(tl.where(ok, hi[:, None], piv), 1))
+        active = (hi - lo > 1) & (clo - chi > 1)
         rounds += 1
-    return lo, mlo
+    return lo, mlo, clo
 
 
 @triton.jit
@@ -132,30 +175,41 @@ def _top_p_sample_kernel(
     top_k = tl.load(top_k_ptr + rows, mask=valid, other=0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
 
-    # pass 1: max, argmax, normalisers (at T and, for logprobs, at 1), smallest key, NaNs
-    m = tl.full([ROWS], float("-inf"), tl.float32)
-    z = tl.zeros([ROWS], tl.float32)
-    z1 = tl.zeros([ROWS], tl.float32)
-    arg = tl.zeros([ROWS], tl.int32)
-    kmin = tl.full([ROWS], 2147483647, tl.int32)
-    nbad = tl.zeros([ROWS], tl.int32)
+    # pass 1: max, argmax, normalisers (at T and, for logprobs, at 1), smallest key, NaNs.
+    # Each thread keeps its own running max and sums (an online softmax per lane, one
+    # exp per element: exp(-|x - m_lane| / T) rescales whichever side is smaller); the
+    # lanes are combined once, after the loop.
+    m_l = tl.full([ROWS, BLOCK], float("-inf"), tl.float32)
+    z_l = tl.zeros([ROWS, BLOCK], tl.float32)
+    z1_l = tl.zeros([ROWS, BLOCK], tl.float32)
+    arg_l = tl.zeros([ROWS, BLOCK], tl.int32)
+    kmin_l = tl.full([ROWS, BLOCK], 2147483647, tl.int32)
+    nbad_l = tl.zeros([ROWS, BLOCK], tl.int32)
     for start in range(0, V, BLOCK):
         idx = start + offs
         x, mask, isnan = _load_rows(row_ptrs, rmask, idx, V)
-        nbad += tl.sum(isnan.to(tl.int32), 1)
-        bm = tl.max(x, 1)
-        bi = tl.min(tl.where(x == bm[:, None], idx[None, :], V), 1)
-        arg = tl.where(bm > m, bi, arg)
-        m_new = tl.maximum(m, bm)
+        nbad_l += isnan.to(tl.int32)
         finite = x > float("-inf")
-        scale = tl.where(m == float("-inf"), 0.0, tl.exp((m - m_new) * inv_t))
-        e = tl.where(finite, tl.exp((x - m_new[:, None]) * inv_t[:, None]), 0.0)
-        z = z * scale + tl.sum(e, 1)
+        up = x > m_l
+        d = tl.where(up, m_l - x, x - m_l)  # <= 0; -inf when m_l is -inf
+        ex = tl.exp(d * inv_t[:, None])
+        z_l = tl.where(finite, tl.where(up, z_l * ex + 1.0, z_l + ex), z_l)
         if LOGPROBS:
-            scale1 = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_new))
-            z1 = z1 * scale1 + tl.sum(tl.where(finite, tl.exp(x - m_new[:, None]), 0.0), 1)
-        m = m_new
-        kmin = tl.minimum(kmin, tl.min(tl.where(mask, _order_key(x), 2147483647), 1))
+            ex1 = tl.exp(d)
+            z1_l = tl.where(finite, tl.where(up, z1_l * ex1 + 1.0, z1_l + ex1), z1_l)
+        arg_l = tl.where(up, idx[None, :], arg_l)  # strict >: each lane keeps its first max
+        m_l = tl.maximum(m_l, x)
+        kmin_l = tl.minimum(kmin_l, tl.where(mask, _order_key(x), 2147483647))
+    m = tl.max(m_l, 1)
+    lane_live = m_l > float("-inf")
+    z = tl.sum(tl.where(lane_live, z_l * tl.exp((m_l - m[:, None]) * inv_t[:, None]), 0.0), 1)
+    if LOGPROBS:
+        z1 = tl.sum(tl.where(lane_live, z1_l * tl.exp(m_l - m[:, None]), 0.0), 1)
+    else:
+        z1 = z
+    arg = tl.min(tl.where(m_l == m[:, None], arg_l, V), 1)
+    kmin = tl.min(kmin_l, 1)
+    nbad = tl.sum(nbad_l, 1)
 
     bad = valid & ((nbad > 0) | (m == float("inf")) | (m == float("-inf")))
     if HAS_ERR:
@@ -167,38 +221,49 @@ def _top_p_sample_kernel(
     k_lo = kmin.to(tl.int64)
     k_hi = tl.where(sample & (kk <= V), _order_key(m).to(tl.int64) + 1, k_lo + 1)
     no_mass = tl.full([ROWS], float("inf"), tl.float32)
-    k_lo, zk = _search(row_ptrs, rmask, V, m, inv_t, k_lo, k_hi, z, no_mass, kk,
-                       ROWS, BLOCK, NUM_PIVOTS, MAX_ROUNDS)  # fmt: skip
-    # top-p inside the top-k set: mass(key >= K) >= top_p * zk (renormalised top-k)
+    all_count = tl.zeros([ROWS], tl.int32) + V
+    no_count = tl.zeros([ROWS], tl.int32)
+    no_floor = tl.full([ROWS], -3.0e38, tl.float32)
+    k_lo, zk, ck = _search(row_ptrs, rmask, V, m, inv_t, no_floor, k_lo, k_hi, z, all_count,
+                           no_count, no_mass, kk, ROWS, BLOCK, NUM_PIVOTS, MAX_ROUNDS,
+                           False)  # fmt: skip
+    # top-p inside the top-k set: mass(key >= K) >= top_p * zk (renormalised top-k).
+    # Below m - 110 T every exp is 0 in fp32: no value pivot is placed there.
     p_hi = tl.where(sample & (top_p < 1.0), _order_key(m).to(tl.int64) + 1, k_lo + 1)
-    no_count = tl.full([ROWS], 2147483647, tl.int32)
-    lo, zp = _search(row_ptrs, rmask, V, m, inv_t, k_lo, p_hi, zk, top_p * zk, no_count,
-                     ROWS, BLOCK, NUM_PIVOTS, MAX_ROUNDS)  # fmt: skip
+    p_floor = m - 110.0 / inv_t
+    big_k = tl.full([ROWS], 2147483647, tl.int32)
+    lo, zp, cp = _search(row_ptrs, rmask, V, m, inv_t, p_floor, k_lo, p_hi, zk, ck, no_count,
+                         top_p * zk, big_k, ROWS, BLOCK, NUM_PIVOTS, MAX_ROUNDS,
+                         True)  # fmt: skip
     if HAS_MIN_P:
         min_p = tl.load(min_p_ptr + rows, mask=valid, other=0.0).to(tl.float32)
         log_min_p = tl.where(min_p > 0.0, tl.log(tl.maximum(min_p, 1e-38)), float("-inf"))
     else:
         log_min_p = tl.full([ROWS], float("-inf"), tl.float32)
 
-    # sampling pass: Gumbel-max over kept tokens, Philox keyed on (seed, offset, token)
+    # sampling pass: Gumbel-max over kept tokens, Philox keyed on (seed, offset, token);
+    # per-lane best score and token, combined once after the loop
     seed = tl.load(seeds_ptr + rows, mask=valid, other=0)
     r0, r1, r2, r3 = tl.randint4x(seed, tl.load(offsets_ptr + rows, mask=valid, other=0))
     row_seed = ((r0.to(tl.uint64) << 32) | r1.to(tl.uint64))[:, None]
-    best = tl.full([ROWS], float("-inf"), tl.float32)
-    pick = arg
+    lo32 = lo.to(tl.int32)
+    best_l = tl.full([ROWS, BLOCK], float("-inf"), tl.float32)
+    pick_l = tl.zeros([ROWS, BLOCK], tl.int32)
     for start in range(0, V, BLOCK):
         idx = start + offs
         xs, smask, snan = _load_rows(row_ptrs, sample[:, None], idx, V)
         logit = (xs - m[:, None]) * inv_t[:, None]
-        keep = smask & (_order_key(xs).to(tl.int64) >= lo[:, None]) & (xs > float("-inf"))
+        keep = (_order_key(xs) >= lo32[:, None]) & (xs > float("-inf"))
         keep = keep & (logit >= log_min_p[:, None])
         u = tl.rand(row_seed, idx[None, :] + tl.zeros([ROWS, BLOCK], tl.int32))
         g = -tl.log(-tl.log(u))
         score = tl.where(keep, logit + g, float("-inf"))
-        bs = tl.max(score, 1)
-        bi = tl.min(tl.where(score == bs[:, None], idx[None, :], V), 1)
-        pick = tl.where(bs > best, bi, pick)
-        best = tl.maximum(best, bs)
+        up = score > best_l  # strict: each lane keeps its first best token
+        pick_l = tl.where(up, idx[None, :], pick_l)
+        best_l = tl.maximum(best_l, score)
+    best = tl.max(best_l, 1)
+    pick = tl.min(tl.where(best_l == best[:, None], pick_l, V), 1)
+    pick = tl.where(best > float("-inf"), pick, arg)
     token = tl.where(sample, pick, arg)  # greedy and bad rows keep the argmax
     if LOGPROBS:
         # log-softmax of the raw logits at the drawn token: one more load, no extra pass
@@ -212,7 +277,9 @@ def _top_p_sample_kernel(
 def _tile(S: int, V: int) -> tuple[int, int]:
     """(rows per program, vocab block)."""
     if rt.gpu_tiles():
-        return 1, min(rt.next_pow2(V), 512)
+        # 256 = one element per thread per tile: the search's per-thread partials
+        # ([NUM_PIVOTS] masses and counts) then fit in registers without spilling
+        return 1, min(rt.next_pow2(V), 256)
     block = min(rt.next_pow2(V), 4096)
     rows = max(1, min(rt.next_pow2(S), _TILE_ELEMENTS // (block * NUM_PIVOTS), 1024))
     return rows, block

@@ -249,6 +249,25 @@ def test_ties_at_threshold_are_kept(device):
     assert set(out.tolist()) == {0, 1, 2}  # the 2nd highest value is tied: all ties kept
 
 
+def test_top_k_is_exact_over_many_binades_with_ties(device):
+    # Keys spread from fp32 denormals to 1e30 (the key-space pivots bound the search's
+    # rounds whatever the values) and a three-way tie at the 7th value. A huge
+    # temperature makes the kept set near-uniform: every member is drawn, nothing else.
+    rng = np.random.default_rng(11)
+    V, n = 300, 512
+    row = (rng.choice([-1.0, 1.0], V) * 10.0 ** rng.uniform(-40, 30, V)).astype(np.float32)
+    top = np.argsort(-row, kind="stable")
+    row[top[7:9]] = row[top[6]]
+    logits = torch.tensor(row).expand(n, V).contiguous().to(device)
+    for k, size in ((7, 9), (1, 1), (150, 150)):
+        out = run(logits, 1e30, 1.0, k, offsets=torch.arange(n)).cpu().numpy()
+        kept = np.flatnonzero(ref_kept(row, 1e30, 1.0, k))
+        assert len(kept) == size
+        assert set(out.tolist()) <= set(kept.tolist())
+        if size <= 9:
+            assert set(out.tolist()) == set(kept.tolist())
+
+
 def test_same_seed_offset_reproduces_different_offsets_differ(device):
     logits = torch.zeros(256, 1000, device=device)  # uniform: draws differ unless keyed alike
     a = run(logits, 1.0, 1.0, 0, seeds=5, offsets=9)

@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
+import secrets
 import time
 
 import numpy as np
 from graphbatch.transfer import KVLayout, KVMemory, KVSender, ReceiverConfig, ReceiverProcess
 from graphbatch.transfer.engine import _nixl_api
+
+KEY = secrets.token_bytes(32)  # the control channel's shared secret for this run
 
 CASES = [  # (name, layout, blocks per request)
     ("tiny preset, 16 blk", KVLayout(4, 2048), 16),
@@ -102,9 +105,9 @@ def project(layout: KVLayout, nblk: int, nreq: int, mode: str) -> float:
     """Seconds for ``nreq`` requests through KVSender -> receiver. "announced": each
     request's blocks were allocated beforehand, as the serving loop's announce() does
     while the step that finishes the prompt runs; the time starts at registration."""
-    with ReceiverProcess(ReceiverConfig(layout, nblk * nreq + 1)) as rp:
+    with ReceiverProcess(ReceiverConfig(layout, nblk * nreq + 1, auth_key=KEY)) as rp:
         _, mem = host_memory(layout, nblk * nreq + 1)
-        with KVSender(mem, rp.address) as s:
+        with KVSender(mem, rp.address, auth_key=KEY) as s:
             step = 0
 
             def send(rids):

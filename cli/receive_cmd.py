@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -19,21 +20,70 @@ def add_parser(sub) -> None:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-blocks", type=int, default=4096, help="this cache's KV blocks")
     p.add_argument("--verify", action="store_true", help="check every request's checksum")
+    p.add_argument(
+        "--auth-key-file", metavar="PATH", default=None,
+        help="the secret senders must prove they hold (default: $GRAPHBATCH_AUTH_KEY); "
+        "'run --receiver' takes the same file",
+    )  # fmt: skip
+    p.add_argument(
+        "--insecure-no-auth", action="store_true",
+        help="accept any sender that reaches --listen, without a key: it learns this "
+        "cache's addresses and can write into it",
+    )  # fmt: skip
     p.set_defaults(func=receive)
+
+
+def available_memory() -> int:
+    """Bytes this process could still allocate: MemAvailable (else all physical memory),
+    capped by the cgroup's limit when there is one."""
+    avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            avail = min(avail, int(limit))
+    except OSError:
+        pass
+    return avail
+
+
+def check_memory(num_bytes_per_block: int, num_blocks: int) -> None:
+    """ValueError naming --num-blocks when the cache would not fit: it is touched whole at
+    start, and an overcommitted one dies in the kernel's OOM killer, not with a message."""
+    need, avail = num_bytes_per_block * num_blocks, available_memory()
+    if need > avail:
+        raise ValueError(
+            f"--num-blocks {num_blocks}: the cache would take {need} bytes "
+            f"({need / 2**30:.1f} GiB), more than the {avail} bytes "
+            f"({avail / 2**30:.1f} GiB) of memory available"
+        )
 
 
 def receive(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="receiver %(levelname)s: %(message)s")
     from graphbatch.models import load_model
     from graphbatch.transfer import KVReceiver, ReceiverConfig, TransferError
+    from graphbatch.transfer.auth import key_for_cli
     from graphbatch.transfer.wire import parse_address
 
     try:
         host, port = parse_address(args.listen)
         if not 1 <= args.block_size <= 1024 or not 1 <= args.num_blocks <= 1 << 24:
             raise ValueError("--block-size must be in [1, 1024], --num-blocks in [1, 2**24]")
+        key = key_for_cli(args.auth_key_file, args.insecure_no_auth)
         layout = load_model(args.model).config.kv_layout(args.block_size)
-        cfg = ReceiverConfig(layout, args.num_blocks, host, port, verify=args.verify)
+        check_memory(layout.num_tensors * layout.block_bytes, args.num_blocks)
+        cfg = ReceiverConfig(
+            layout, args.num_blocks, host, port, verify=args.verify,
+            auth_key=key, allow_unauthenticated=args.insecure_no_auth,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"graphbatch receive: {e}", file=sys.stderr)
         return 2

@@ -79,6 +79,18 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="abort a request whose KV the receiver has not acked S seconds after it was complete",
     )
+    p.add_argument(
+        "--auth-key-file",
+        metavar="PATH",
+        default=None,
+        help="the remote --receiver's shared secret (default: $GRAPHBATCH_AUTH_KEY); "
+        "a receiver started here gets a fresh one",
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="no key: talk to a receiver that runs with --insecure-no-auth too",
+    )
 
 
 def add_parser(sub) -> None:
@@ -110,13 +122,21 @@ def check_args(args: argparse.Namespace) -> str | None:
             return f"{flag} must be in [{lo}, {hi}], got {value}"
     if not 0 < args.transfer_deadline <= 3600:
         return f"--transfer-deadline must be in (0, 3600] seconds, got {args.transfer_deadline}"
-    if args.transfer == "none" and (args.receiver or args.verify_transfer):
-        return "--receiver and --verify-transfer need --transfer nixl"
+    nixl_only = (args.receiver, args.verify_transfer, args.auth_key_file, args.insecure_no_auth)
+    if args.transfer == "none" and any(nixl_only):
+        return (
+            "--receiver, --verify-transfer, --auth-key-file and --insecure-no-auth "
+            "need --transfer nixl"
+        )
+    if args.auth_key_file is not None and args.receiver is None:
+        return "--auth-key-file is for a remote --receiver (one started here gets a fresh key)"
     if args.receiver is not None:
+        from graphbatch.transfer.auth import key_for_cli
         from graphbatch.transfer.wire import parse_address
 
         try:
             parse_address(args.receiver)
+            key_for_cli(args.auth_key_file, args.insecure_no_auth)
         except ValueError as e:
             return f"--receiver: {e}"
     if args.report is not None:
@@ -203,17 +223,37 @@ class Progress:
 
 
 def _start_transfer(args, ex: GraphExecutor, sched_cfg, stack: contextlib.ExitStack):
-    """The KVSender, connected to ``--receiver`` or to a receiver process started here."""
+    """The KVSender, connected to ``--receiver`` (its key: ``--auth-key-file`` or
+    ``$GRAPHBATCH_AUTH_KEY``) or to a receiver process started here with a fresh key that
+    only these two processes hold."""
+    import secrets
+
     from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess
+    from graphbatch.transfer.auth import key_for_cli
 
     memory = ex.kv_memory()
+    insecure = args.insecure_no_auth
     if args.receiver is None:
-        cfg = ReceiverConfig(memory.layout, sched_cfg.num_kv_blocks, verify=args.verify_transfer)
+        key = None if insecure else secrets.token_bytes(32)
+        cfg = ReceiverConfig(
+            memory.layout,
+            sched_cfg.num_kv_blocks,
+            verify=args.verify_transfer,
+            auth_key=key,
+            allow_unauthenticated=insecure,
+            lease_s=max(60.0, 2 * args.transfer_deadline),  # outlives the sender's deadline
+        )
         address = stack.enter_context(ReceiverProcess(cfg)).address
     else:
+        key = key_for_cli(args.auth_key_file, insecure)  # check_args vetted it
         address = args.receiver
     sender = KVSender(
-        memory, address, verify=args.verify_transfer, deadline_s=args.transfer_deadline
+        memory,
+        address,
+        verify=args.verify_transfer,
+        deadline_s=args.transfer_deadline,
+        auth_key=key,
+        allow_unauthenticated=insecure,
     )
     stack.callback(sender.close)
     return sender

@@ -3,6 +3,11 @@ the decode instance -> release, over multi-round chat sessions.
 
 With a ``KVSender`` each request's blocks stay held until the decode receiver acked
 its KV; without one the transfer is simulated (released before the next step).
+
+Each request ends once and alone: sent, or failed with its reason (a bad request, one
+the receiver could never hold, a NaN row, a failed transfer, ``cancel()``) while the
+rest are served. Request ids are unique per loop: a turn whose id this loop already
+took, in flight or finished, is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from graphbatch.executor import BoundsError, GraphExecutor
 from graphbatch.profiling import nvtx_range
-from graphbatch.scheduler import PrefillScheduler, SchedulerFull
+from graphbatch.scheduler import PrefillScheduler, SchedulerFull, UnknownRequest
 from graphbatch.scheduler.workload import Turn
 from graphbatch.transfer import KVSender, Progress
 
@@ -37,6 +42,10 @@ class RunStats:
     first_tokens: dict[str, int] = field(default_factory=dict)  # request id -> token id
     failed: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)  # failed request id -> why
+    cancelled: list[str] = field(default_factory=list)  # failed by cancel() (also in failed)
+    # cancel() came after the KV write was posted and the receiver acked it: sent after
+    # all, counted in requests (the decode side has the KV: see KVSender.cancel)
+    cancel_too_late: list[str] = field(default_factory=list)
     step_times: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
     # KV transfer (empty without a sender): per request, KV complete -> decode acked;
     # decode-side TTFT = submitted -> first token and KV both at the decode instance
@@ -65,9 +74,23 @@ class RunStats:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
+@dataclass(eq=False)
+class _Rec:
+    """One request in this loop, from when its id is taken (its turn reached the head of
+    its session, or cancel() named it) until it ends."""
+
+    rid: str
+    turn: Turn
+    session: deque[Turn]
+    first_try: float  # first admission attempt: TTFT counts the wait for admission
+    admitted: bool = False  # the scheduler holds it
+    prefill_ttft: float | None = None  # first token sampled, KV not yet sent
+    cancel: str | None = None  # cancel()'s reason
+
+
 class ServingLoop:
     """Keeps up to ``concurrency`` chat sessions in flight; round r+1 of a session is
-    submitted once round r's KV cache was sent (released)."""
+    submitted once round r ended (its KV sent, or failed). ``cancel()`` ends a request."""
 
     def __init__(
         self,
@@ -84,115 +107,183 @@ class ServingLoop:
         self.waiting = deque(deque(s) for s in sessions if s)
         self.concurrency = concurrency
         self.active: list[deque[Turn]] = []
-        self.ready_at: dict[str, float] = {}  # request id -> when it could be submitted
-        self.admitted: set[int] = set()  # id() of turns the scheduler holds
-        self.first_try: dict[int, float] = {}  # id(turn) -> first admission attempt
+        self._recs: dict[str, _Rec] = {}  # request id -> its state, until it ends
+        self._ended: set[str] = set()  # ids this loop took and ended: never taken again
         self.transferring: list[str] = []  # simulated transfer: released next iteration
-        self.prefill_ttft: dict[str, float] = {}  # first token sampled, KV not yet sent
         self.sender = sender
         self.on_step = on_step
         self.stats = RunStats()
 
+    # ---- a request's id is taken once and its turn ended once -----------------------
+    def _take(self, session: deque[Turn], now: float) -> _Rec | None:
+        """The record of the session's head turn, taking its id the first time; a turn
+        whose id is not a str or is taken already is refused (None)."""
+        turn = session[0]
+        rid = turn.request.request_id
+        rec = self._recs.get(rid) if isinstance(rid, str) else None
+        if rec is not None and rec.turn is turn and rec.session is session:
+            return rec
+        if not isinstance(rid, str) or not rid:
+            self._refuse(session, rid, f"request_id must be a non-empty str, got {rid!r}")
+        elif rec is not None or rid in self._ended:
+            where = "in flight" if rec is not None else "finished"
+            why = f"duplicate request_id (already used in this loop, {where})"
+            self._refuse(session, rid, f"request {rid!r}: {why}")
+        else:
+            rec = self._recs[rid] = _Rec(rid, turn, session, now)
+            return rec
+        return None
+
+    def _take_pending(self, rid: str) -> _Rec:
+        """The first turn with this id not taken yet (a later round, a waiting
+        session): taken now, to be ended."""
+        if rid in self._ended:
+            raise UnknownRequest(f"request {rid!r} already finished")
+        for session in (*self.active, *self.waiting):
+            for turn in session:
+                if getattr(turn.request, "request_id", None) == rid:
+                    rec = self._recs[rid] = _Rec(rid, turn, session, time.perf_counter())
+                    return rec
+        raise UnknownRequest(f"no request {rid!r} in this loop")
+
+    def _refuse(self, session: deque[Turn], rid: object, reason: str) -> None:
+        self._drop_turn(session, session[0])
+        self._failed(rid if isinstance(rid, str) else repr(rid), reason)
+
+    def _end(self, rec: _Rec, failed: str | None = None) -> None:
+        """The request is over (sent, or failed with the reason): its session goes on."""
+        del self._recs[rec.rid]
+        self._ended.add(rec.rid)
+        self._drop_turn(rec.session, rec.turn)
+        if failed is not None:
+            self._failed(rec.rid, failed)
+            if rec.cancel is not None:
+                self.stats.cancelled.append(rec.rid)
+
+    def _failed(self, rid: str, reason: str) -> None:
+        log.warning("request %r failed: %s", rid, reason)
+        self.stats.failed.append(rid)
+        self.stats.reasons[rid] = reason
+
+    def _drop_turn(self, session: deque[Turn], turn: Turn) -> None:
+        """Remove ``turn`` by identity (a session may hold equal turns), and the session
+        once empty."""
+        del session[next(i for i, t in enumerate(session) if t is turn)]
+        if not session:
+            group = self.active if any(s is session for s in self.active) else self.waiting
+            del group[next(i for i, s in enumerate(group) if s is session)]
+
+    def _abort(self, rid: str, reason: str) -> None:
+        """Out of the scheduler (its blocks back) and failed."""
+        self.sched.abort(rid)
+        self._end(self._recs[rid], failed=reason)
+
+    def cancel(self, request_id: str, reason: str = "cancelled") -> None:
+        """End a request with ``reason`` (in ``failed``, ``reasons`` and ``cancelled``)
+        whatever its state; its blocks come back, the loop goes on. Call it from
+        ``on_step`` or between steps, never while a step runs.
+
+        Not yet admitted (a waiting session, a later round): ended now, never submitted.
+        In the scheduler (queued, mid-chunk), or prefilled with the transfer simulated:
+        aborted now. Its KV handed to the sender: ``KVSender.cancel``'s rule, so both
+        sides agree: write not posted -> aborted (reported at the next progress);
+        posted -> the receiver decides: an ack means sent after all (counted in
+        ``requests`` and ``cancel_too_late``), else failed. Cancelling it again while
+        that is pending does nothing. UnknownRequest: no such id, or already ended.
+        """
+        rec = self._recs.get(request_id) or self._take_pending(request_id)
+        if rec.cancel is not None:
+            return  # its transfer decides
+        rec.cancel = reason
+        if not rec.admitted:
+            self._end(rec, failed=reason)
+        elif self.sender is not None and rec.prefill_ttft is not None:
+            self.sender.cancel(request_id, reason)
+        else:
+            if request_id in self.transferring:
+                self.transferring.remove(request_id)
+            self._abort(request_id, reason)
+
+    # ---- the pipeline ------------------------------------------------------------
     def _admit(self, now: float) -> None:
         while self.waiting and len(self.active) < self.concurrency:
             self.active.append(self.waiting.popleft())
-        for turns in list(self.active):
-            turn = turns[0]
-            if id(turn) in self.admitted:
+        for session in list(self.active):
+            rec = self._take(session, now)
+            if rec is None or rec.admitted:
                 continue
-            rid = turn.request.request_id
-            self.first_try.setdefault(id(turn), now)  # TTFT counts the wait for admission
             try:
-                if rid in self.ready_at:  # in flight in this loop under the same id
-                    raise ValueError(f"request {rid!r}: duplicate request_id in flight")
-                self.sched.add_request(turn.request)
+                self.sched.add_request(rec.turn.request)
             except SchedulerFull:
                 if self.sched.request_ids():
                     return  # retry next step, keep arrival order
                 # an empty scheduler that cannot take it never will
-                self._finish_turn(turns, failed=f"request {rid!r} can never be admitted")
+                self._end(rec, failed=f"request {rec.rid!r} can never be admitted")
                 continue
             except (TypeError, ValueError) as e:  # a bad request is dropped, never the batch
-                self._finish_turn(turns, failed=str(e))
+                self._end(rec, failed=str(e))
                 continue
-            self.admitted.add(id(turn))
-            self.ready_at[rid] = self.first_try.pop(id(turn))
-
-    def _finish_turn(self, turns: deque[Turn], failed: str | None = None) -> None:
-        turn = turns.popleft()
-        rid = turn.request.request_id
-        self.first_try.pop(id(turn), None)
-        if id(turn) in self.admitted:
-            self.admitted.discard(id(turn))
-            self.ready_at.pop(rid, None)
-        if failed is not None:
-            log.warning("rejected %r: %s", rid, failed)
-            self.stats.failed.append(rid)
-            self.stats.reasons[rid] = failed
-        if not turns:
-            self.active.remove(turns)
-
-    def _turns_of(self, rid: str) -> deque[Turn]:
-        return next(t for t in self.active if t[0].request.request_id == rid)
+            rec.admitted = True
 
     def _release_transferred(self, wait_s: float = 0.0) -> None:
         if self.sender is None:  # simulated: sent by the time the next step is planned
-            now = time.perf_counter()
             for rid in self.transferring:
-                self._sent(rid, now)
+                self._sent(self._recs[rid])
             self.transferring = []
             return
         with nvtx_range("kv-transfer", color="green"):
             p: Progress = self.sender.wait(wait_s) if wait_s else self.sender.progress()
         for s in p.sent:
+            rec = self._recs[s.request_id]
             self.stats.transfer_latency_s.append(s.latency_s)
             self.stats.transfer_bytes += s.nbytes
             self.stats.transfer_spans.append((s.acked_at - s.write_s, s.acked_at))
-            self.stats.decode_ttft_s.append(s.acked_at - self.ready_at[s.request_id])
-            self._sent(s.request_id, s.acked_at)
+            self.stats.decode_ttft_s.append(s.acked_at - rec.first_try)
+            if s.late_cancel is not None:
+                self.stats.cancel_too_late.append(s.request_id)
+            self._sent(rec)
         for a in p.aborted:  # its blocks are free of NIXL now: the scheduler may reuse them
-            self.prefill_ttft.pop(a.request_id, None)
-            self.sched.abort(a.request_id)
-            self._finish_turn(self._turns_of(a.request_id), failed=f"KV transfer: {a.reason}")
+            reason = f"KV transfer: {a.reason}"
+            cancel = self._recs[a.request_id].cancel
+            if cancel is not None:
+                reason = cancel if a.reason == cancel else f"{cancel} ({reason})"
+            self._abort(a.request_id, reason)
 
-    def _sent(self, rid: str, now: float) -> None:
-        self.sched.release(rid)
+    def _sent(self, rec: _Rec) -> None:
+        self.sched.release(rec.rid)
         self.stats.requests += 1
-        self.stats.ttft_s.append(self.prefill_ttft.pop(rid))
-        self._finish_turn(self._turns_of(rid))
+        self.stats.ttft_s.append(rec.prefill_ttft)
+        self._end(rec)
 
     def _step(self) -> bool:
         with nvtx_range("schedule", color="yellow"):
             d = self.sched.schedule()
         if d is None:
             return False
-        announced = self._announce(d)
+        announced, refused = self._announce(d)
         t0 = time.perf_counter()
         try:
             out = self.ex.execute(d)
         except BoundsError as e:
             for rid in e.request_ids:
-                self.sched.abort(rid)
-                self._finish_turn(self._turns_of(rid), failed=f"bounds error: {e}")
+                self._abort(rid, f"bounds error: {e}")
             out = e.output
         now = time.perf_counter()
         for rid in out.nonfinite_request_ids:
-            self.sched.abort(rid)
-            self._finish_turn(self._turns_of(rid), failed="logits had NaN or no finite value")
-        moved = self.sched.update(d, out.sampled)
-        for rid in moved:
-            self.prefill_ttft[rid] = now - self.ready_at[rid]
+            self._abort(rid, "logits had NaN or no finite value")
+        moved = []
+        for rid in self.sched.update(d, out.sampled):
+            if rid in refused:  # the sender can never take it: it fails alone
+                self._abort(rid, f"KV transfer: {refused[rid]}")
+                continue
+            self._recs[rid].prefill_ttft = now - self._recs[rid].first_try
             self.stats.first_token_logprobs.append(out.logprobs[rid])
             self.stats.first_tokens[rid] = out.token_ids[rid]
+            moved.append(rid)
         if self.sender is None:
             self.transferring.extend(moved)
-        else:  # every step registers (an empty list too) and signals its KV readiness
-            blocks = [(r, self.sched.block_ids(r), self.sched.first_token(r)) for r in moved]
-            self.sender.register(d.step, blocks)
-            self.sender.ready(d.step, self.ex.step_event())
-            for rid in announced - set(moved):  # aborted before its first token
-                self.sender.withdraw(rid)
-            self._release_transferred()  # post the writes now: they overlap the next step
+        else:
+            self._register(d.step, moved, announced)
         s = self.stats
         s.steps += 1
         s.computed_tokens += d.num_tokens
@@ -202,17 +293,37 @@ class ServingLoop:
         s.step_times.append((t0, now))
         return True
 
-    def _announce(self, d) -> set[str]:
+    def _announce(self, d) -> tuple[set[str], dict[str, str]]:
         """Requests whose prompt this step finishes: the decode side allocates their
-        blocks while the step runs."""
+        blocks while the step runs. Returns those announced, and those the sender
+        refused (request id -> why; e.g. more blocks than the receiver has)."""
+        announced: set[str] = set()
+        refused: dict[str, str] = {}
         if self.sender is None:
-            return set()
-        out = set()
+            return announced, refused
         for i in np.flatnonzero(d.sample_mask[: d.num_seqs]):
             rid = d.request_ids[i]
-            self.sender.announce(rid, len(self.sched.block_ids(rid)))
-            out.add(rid)
-        return out
+            try:
+                self.sender.announce(rid, len(self.sched.block_ids(rid)))
+                announced.add(rid)
+            except ValueError as e:  # aborted after the step: its descriptor row is live
+                refused[rid] = str(e)
+        return announced, refused
+
+    def _register(self, step: int, moved: list[str], announced: set[str]) -> None:
+        """Every step registers (an empty list too) and signals its KV readiness."""
+        entries = [(r, self.sched.block_ids(r), self.sched.first_token(r)) for r in moved]
+        try:
+            self.sender.register(step, entries)
+        except ValueError as e:  # nothing registered: these fail, the step still joins
+            for rid in moved:
+                self._abort(rid, f"KV transfer: {e}")
+            moved = []
+            self.sender.register(step, [])
+        self.sender.ready(step, self.ex.step_event())
+        for rid in announced - set(moved):  # aborted before its first token
+            self.sender.withdraw(rid)
+        self._release_transferred()  # post the writes now: they overlap the next step
 
     def run(self) -> RunStats:
         start = time.perf_counter()
@@ -225,6 +336,7 @@ class ServingLoop:
     def _serve(self) -> None:
         stalled = 0
         while self.waiting or self.active:
+            ended = self.stats.requests + len(self.stats.failed)
             self._release_transferred()
             self._admit(time.perf_counter())
             if self._step() or self.transferring:
@@ -232,6 +344,8 @@ class ServingLoop:
             elif self.sender is not None and self.sender.in_flight:
                 stalled = 0  # nothing to compute: wait on the receiver (its deadline bounds it)
                 self._release_transferred(wait_s=0.005)
+            elif self.stats.requests + len(self.stats.failed) != ended:
+                stalled = 0  # requests ended (refused): the turns after them may go now
             else:
                 stalled += 1
                 if stalled > 2:

@@ -1,5 +1,6 @@
-"""Connecting a sender to a decode receiver: the hello/welcome handshake (NIXL metadata
-both ways; the KV layouts must match) and one warm-up write."""
+"""Connecting a sender to a decode receiver: the key challenge both ways (see ``auth``),
+the hello/welcome handshake (NIXL metadata both ways; the KV layouts must match) and one
+warm-up write. Every failure is a TransferError naming the receiver's address."""
 
 from __future__ import annotations
 
@@ -11,19 +12,27 @@ from typing import Any
 
 import numpy as np
 
-from . import wire
+from . import auth, wire
 from .engine import TransferEngine, TransferError
-from .layout import KVLayout, KVMemory, check_blocks
+from .layout import KVMemory, check_blocks
 
 log = logging.getLogger("graphbatch.transfer")
 
 
 def handshake(
-    conn: Connection, engine: TransferEngine, memory: KVMemory, timeout_s: float
+    conn: Connection,
+    engine: TransferEngine,
+    memory: KVMemory,
+    timeout_s: float,
+    auth_key: bytes | None,
+    where: str,
 ) -> tuple[str, KVMemory]:
-    """Say hello; returns the receiver's agent name and its cache. TransferError when it
-    refuses, does not answer in ``timeout_s`` or garbles the answer."""
+    """Prove the key, then say hello; returns the receiver's agent name and its cache.
+    TransferError when it refuses, does not answer in ``timeout_s``, cannot prove the key
+    or sends anything this side cannot use."""
+    deadline = time.monotonic() + timeout_s
     try:
+        _authenticate(conn, auth_key, deadline, where)
         wire.send(
             conn,
             wire.HELLO,
@@ -31,15 +40,13 @@ def handshake(
             metadata=wire.b64(engine.metadata()),
             layout=memory.layout.to_json(),
         )
-        if not conn.poll(timeout_s):
-            raise TransferError(f"the decode receiver did not answer within {timeout_s} s")
-        msg = wire.recv(conn)
+        msg = _next(conn, deadline, where, "a welcome")
         if msg["type"] == wire.REFUSED:
-            raise TransferError(f"the decode receiver refused: {msg.get('reason')}")
+            raise TransferError(f"the decode receiver at {where} refused: {msg.get('reason')}")
         if msg["type"] != wire.WELCOME:
             raise wire.ProtocolError(f"expected welcome, got {msg['type']!r}")
         remote = KVMemory(
-            KVLayout.from_json(wire.field(msg, "layout", dict)),
+            wire.layout_field(msg),
             tuple(wire.field(msg, "bases", list)),
             wire.field(msg, "num_blocks", int),
             wire.field(msg, "mem_type", str),
@@ -47,16 +54,70 @@ def handshake(
         )
         if remote.layout != memory.layout:
             raise TransferError(
-                f"KV layouts differ: here {memory.layout}, receiver {remote.layout}"
+                f"KV layouts differ: here {memory.layout}, receiver at {where} {remote.layout}"
             )
         peer = engine.add_peer(wire.unb64(wire.field(msg, "metadata", str)), remote)
-    except (EOFError, OSError, ValueError) as e:
-        raise TransferError(f"handshake with the decode receiver failed: {e}") from None
+    except TransferError:
+        raise
+    except Exception as e:  # of every kind: its bytes reach NIXL (nixlMismatchError, ...)
+        raise TransferError(
+            f"handshake with the decode receiver at {where} failed: {type(e).__name__}: {e}"
+        ) from None
     return peer, remote
 
 
+def _authenticate(conn: Connection, key: bytes | None, deadline: float, where: str) -> None:
+    """Answer the receiver's challenge and check its proof: nothing about this sender
+    (its name, its NIXL metadata) goes to a receiver that has not proven the key."""
+    first = _next(conn, deadline, where, "its greeting")
+    if first["type"] == wire.OPEN:
+        if key is not None:
+            raise TransferError(
+                f"the decode receiver at {where} does not authenticate (started with "
+                "--insecure-no-auth?): not connecting to it with an auth key set"
+            )
+        return
+    if first["type"] != wire.CHALLENGE:
+        raise wire.ProtocolError(f"expected a challenge, got {first['type']!r}")
+    if key is None:
+        raise TransferError(
+            f"the decode receiver at {where} requires an auth key (--auth-key-file or {auth.ENV})"
+        )
+    theirs = wire.unb64(wire.field(first, "nonce", str))
+    if len(theirs) != auth.NONCE_BYTES:
+        raise wire.ProtocolError(f"a challenge of {len(theirs)} bytes")
+    mine = auth.new_nonce()
+    mac = auth.sender_mac(key, theirs, mine)
+    wire.send(conn, wire.ANSWER, nonce=wire.b64(mine), mac=wire.b64(mac))
+    try:
+        proof = _next(conn, deadline, where, "its proof")
+    except (EOFError, OSError):
+        raise TransferError(
+            f"the decode receiver at {where} hung up on our answer to its challenge: "
+            "wrong auth key?"
+        ) from None
+    got = wire.unb64(wire.field(proof, "mac", str)) if proof["type"] == wire.PROOF else b""
+    if not auth.matches(auth.receiver_mac(key, theirs, mine), got):
+        raise TransferError(
+            f"the decode receiver at {where} did not prove it holds the auth key: "
+            "not telling it anything"
+        )
+
+
+def _next(conn: Connection, deadline: float, where: str, what: str) -> dict[str, Any]:
+    left = deadline - time.monotonic()
+    if left <= 0 or not conn.poll(left):
+        raise TransferError(f"the decode receiver at {where} did not send {what} in time")
+    return wire.recv(conn)
+
+
 def warm_up(
-    conn: Connection, engine: TransferEngine, peer: str, remote: KVMemory, timeout_s: float
+    conn: Connection,
+    engine: TransferEngine,
+    peer: str,
+    remote: KVMemory,
+    timeout_s: float,
+    where: str = "?",
 ) -> None:
     """Write one block (the receiver lends it) before any request: UCX connects lazily
     and the first write paid for it (measured: 13-16 ms, then 0.2 ms). A receiver with
@@ -70,6 +131,9 @@ def warm_up(
             wire.send(conn, wire.ABORT, rid=wire.WARM_UP, reason="warm-up timed out")
             log.warning("the decode receiver lent no block to warm up within 2 s")
             return
+        if msg["type"] == wire.REFUSED:  # at a limit (queue full): the same, said at once
+            log.warning("the decode receiver lent no block to warm up: %s", msg.get("reason"))
+            return
         dst = check_blocks(msg.get("blocks"), remote.num_blocks, "warm-up")
         note = json.dumps({"rid": wire.WARM_UP, "tok": 0}).encode()
         handle = engine.write(peer, np.zeros(1, np.int64), dst, note)
@@ -80,8 +144,11 @@ def warm_up(
         engine.cancel(handle)  # complete: this frees the handle
         if _expect(conn, wire.ACK, deadline) is None:
             raise TransferError(f"the warm-up write was not acked in {timeout_s} s")
-    except (EOFError, OSError, ValueError) as e:
-        raise TransferError(f"warming up the connection to the decode receiver: {e}") from None
+    except Exception as e:  # of every kind, as in the handshake
+        kind = "" if isinstance(e, TransferError) else f"{type(e).__name__}: "
+        raise TransferError(
+            f"warming up the connection to the decode receiver at {where}: {kind}{e}"
+        ) from None
 
 
 def _expect(conn: Connection, kind: str, deadline: float) -> dict[str, Any] | None:
@@ -91,6 +158,8 @@ def _expect(conn: Connection, kind: str, deadline: float) -> dict[str, Any] | No
         if time.perf_counter() > deadline:
             return None
     msg = wire.recv(conn)
+    if msg["type"] == wire.REFUSED and kind == wire.ALLOCATED and msg.get("rid") == wire.WARM_UP:
+        return msg
     if msg["type"] != kind or msg.get("rid") != wire.WARM_UP:
-        raise wire.ProtocolError(f"expected {kind!r} for the warm-up, got {msg}")
+        raise wire.ProtocolError(f"expected {kind!r} for the warm-up, got {str(msg)[:200]}")
     return msg

@@ -66,6 +66,11 @@ class Inbox:
         except BlockingIOError:
             pass
 
+    @property
+    def pending(self) -> int:
+        """Messages (and errors) queued, not yet taken."""
+        return self._queue.qsize()
+
     def get(self, timeout_s: float) -> tuple[float, Any] | None:
         try:
             return self._queue.get(timeout=timeout_s)

@@ -17,12 +17,16 @@ class Sent:
     write_s: float  # write posted -> receiver acked it
     dst_blocks: tuple[int, ...]
     acked_at: float  # time.perf_counter() when the ack arrived
+    # the reason of a cancel() that came after the write was posted: too late, the
+    # receiver acked and keeps the KV (see KVSender.cancel); None: not cancelled
+    late_cancel: str | None = None
 
 
 @dataclass(frozen=True)
 class Aborted:
     request_id: str
     reason: str
+    cancelled: str | None = None  # the reason of the cancel() that asked for it, if one did
 
 
 @dataclass

@@ -7,6 +7,8 @@ every layer's blocks with a notification; the receiver checks and acks; ``progre
 reports it sent, and only then may the engine free the blocks. Anything that goes wrong
 (receiver refused, killed, frozen past the deadline) aborts exactly the requests it
 touched, with the reason; the source blocks stay held until NIXL let go of them.
+A request has one outcome, the same on both sides, even when ``cancel`` races its
+write: see ``KVSender.cancel``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wire
+from . import auth, wire
 from .connect import handshake, warm_up
 from .engine import NixlEngine, PeerDisconnected, TransferEngine, TransferError
 from .inbox import Inbox
@@ -41,6 +43,8 @@ class _Req:
     posted_at: float = 0.0
     written: bool = False
     abort: str | None = None  # set: aborting, waiting for NIXL to let go of the blocks
+    cancel: str | None = None  # cancel()'s reason; after the write: the receiver decides
+    told: bool = False  # the receiver was sent our ABORT
 
 
 @dataclass
@@ -52,7 +56,9 @@ class _Early:
 
 class KVSender:
     """``memory`` describes this side's cache (``GraphExecutor.kv_memory()``);
-    ``address`` is the receiver's control address ``(host, port)`` or ``"host:port"``."""
+    ``address`` is the receiver's control address ``(host, port)`` or ``"host:port"``;
+    ``auth_key`` the secret shared with it (None only with ``allow_unauthenticated``:
+    then it connects only to a receiver that does not authenticate either)."""
 
     def __init__(
         self,
@@ -61,7 +67,8 @@ class KVSender:
         *,
         deadline_s: float = 30.0,
         verify: bool = False,
-        authkey: bytes | None = None,
+        auth_key: bytes | None = None,
+        allow_unauthenticated: bool = False,
         connect_timeout_s: float = 30.0,
         engine: TransferEngine | None = None,
     ) -> None:
@@ -69,7 +76,11 @@ class KVSender:
             raise TypeError(f"memory must be a KVMemory, got {type(memory).__name__}")
         if not deadline_s > 0:
             raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+        auth.check_key(auth_key, allow_unauthenticated, "KVSender")  # before any connection
         addr = wire.parse_address(address) if isinstance(address, str) else tuple(address)
+        where = f"{addr[0]}:{addr[1]}"
+        if auth_key is None:
+            log.warning("connecting to the decode receiver at %s without authentication", where)
         self.memory, self.deadline_s, self.verify = memory, float(deadline_s), bool(verify)
         self.block_nbytes = memory.layout.num_tensors * memory.layout.block_bytes
         self.engine = engine or NixlEngine(memory)
@@ -81,13 +92,15 @@ class KVSender:
         self.bytes_sent = 0
         self._held: tuple[float, Any] | None = None  # taken from the inbox by wait()
         try:
-            self._conn = wire.connect(addr, authkey)
+            self._conn = wire.connect(addr, connect_timeout_s)
         except OSError as e:
             self.engine.close()
             raise TransferError(f"cannot reach the decode receiver at {addr}: {e}") from None
         try:
-            self.peer, self.remote = handshake(self._conn, self.engine, memory, connect_timeout_s)
-            warm_up(self._conn, self.engine, self.peer, self.remote, connect_timeout_s)
+            self.peer, self.remote = handshake(
+                self._conn, self.engine, memory, connect_timeout_s, auth_key, where
+            )
+            warm_up(self._conn, self.engine, self.peer, self.remote, connect_timeout_s, where)
         except TransferError:
             self.close()
             raise
@@ -141,14 +154,35 @@ class KVSender:
         """The step's KV writes are complete (now, or once ``event.query()``)."""
         self._join.ready(step, event)
 
-    def cancel(self, request_id: str, reason: str = "cancelled") -> None:
-        """Abort a request in flight (reported by ``progress()``, blocks held till then)."""
+    def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a registered request. One rule, so that both sides report the same:
+
+        - its WRITE not posted yet: aborted now. The receiver is sent ABORT at once and
+          frees the blocks it allocated; ``progress()`` reports ``Aborted(reason,
+          cancelled=reason)`` once the step's KV is complete (till then the GPU may still
+          be writing the source blocks). Returns True.
+        - its WRITE posted: the bytes cannot be unsent, and the receiver acks every write
+          that completes. The request is only marked; its outcome is the receiver's
+          answer: ack -> ``Sent`` with ``late_cancel=reason`` (the decode side has the
+          KV); nack, disconnect or deadline -> ``Aborted`` with ``cancelled=reason``.
+          Returns False.
+        - already aborting: True, the first reason stands.
+
+        KeyError for a request not in flight (never registered, or already reported).
+        """
         r = self._reqs.get(request_id)
         if r is None:
             raise KeyError(f"request {request_id!r} is not in flight")
-        r.abort = r.abort or reason
+        r.cancel = r.cancel or reason
+        if r.abort is not None:
+            return True
+        if r.handle is not None:
+            return False  # NIXL may deliver it any moment: only the receiver knows
+        r.abort = reason
+        self._tell_abort(r)  # frees its blocks there now, not once the step is complete
         if r.ready_at is not None:
             self._finish_abort(r)
+        return True
 
     # ---- driving it --------------------------------------------------------------
     def progress(self) -> Progress:
@@ -188,6 +222,12 @@ class KVSender:
     @property
     def in_flight(self) -> list[str]:
         return list(self._reqs)
+
+    @property
+    def unread(self) -> int:
+        """Receiver messages that arrived and that ``progress()`` has not handled yet."""
+        queued = self._inbox.pending if self._inbox is not None else 0
+        return queued + (self._held is not None)
 
     @property
     def awaiting_blocks(self) -> list[str]:
@@ -231,9 +271,14 @@ class KVSender:
                 return  # NIXL may still read the blocks: keep them, retry next progress
             r.handle = None
         self._reqs.pop(r.rid, None)
-        self._send(wire.ABORT, rid=r.rid, reason=r.abort)
+        self._tell_abort(r)
         log.warning("KV transfer of %r aborted: %s", r.rid, r.abort)
-        self._done.aborted.append(Aborted(r.rid, str(r.abort)))
+        self._done.aborted.append(Aborted(r.rid, str(r.abort), r.cancel))
+
+    def _tell_abort(self, r: _Req) -> None:
+        if not r.told:
+            r.told = True
+            self._send(wire.ABORT, rid=r.rid, reason=r.abort)
 
     # ---- receiver messages -------------------------------------------------------
     def _drain(self) -> None:
@@ -286,8 +331,9 @@ class KVSender:
             del self._reqs[rid]
             nbytes = int(r.blocks.size) * self.block_nbytes
             self.bytes_sent += nbytes
+            dst = tuple(r.dst.tolist())
             self._done.sent.append(
-                Sent(rid, nbytes, now - r.ready_at, now - r.posted_at, tuple(r.dst.tolist()), now)
+                Sent(rid, nbytes, now - r.ready_at, now - r.posted_at, dst, now, r.cancel)
             )
         else:
             raise wire.ProtocolError(f"unexpected message {kind!r}")

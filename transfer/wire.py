@@ -1,24 +1,34 @@
-"""The control channel between sender and receiver: JSON messages over a
-``multiprocessing.connection`` socket (bytes frames, never pickle: a peer can send
-nothing but data). NIXL moves the KV bytes; this carries who, where and done."""
+"""The control channel between sender and receiver: JSON messages in length-prefixed
+frames (``multiprocessing.connection``'s on the sender's side; bytes, never pickle: a
+peer can send nothing but data). NIXL moves the KV bytes; this carries who, where, done.
+
+Receiver first: ``challenge`` (or ``open`` without a key), the sender's ``answer``, the
+receiver's ``proof`` (see ``auth``); then ``hello`` / ``welcome`` and the requests.
+Numbers are parsed with a bound (``loads``): no message can cost more than its size.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Connection
 from typing import Any
 
+from .layout import KVLayout
+
 # sender -> receiver
-HELLO, ALLOC, ABORT, BYE = "hello", "alloc", "abort", "bye"
+ANSWER, HELLO, ALLOC, ABORT, BYE = "answer", "hello", "alloc", "abort", "bye"
 # receiver -> sender
+CHALLENGE, PROOF, OPEN = "challenge", "proof", "open"
 WELCOME, REFUSED, ALLOCATED, ACK, NACK = "welcome", "refused", "allocated", "ack", "nack"
 # the request id of a sender's warm-up write: one lent block, acked, never received
 # (a real request's id is never empty)
 WARM_UP = ""
-MAX_MESSAGE = 64 << 20  # a hello with its NIXL metadata stays far below
+MAX_MESSAGE = 16 << 20  # a hello / welcome with its NIXL metadata: ~600 bytes measured
+MAX_DIGITS = 20  # every number on the wire fits an int64 (19 digits and a sign)
+MAX_NAME = 1024  # characters of an agent name or request id
+MAX_LAYOUT = 1 << 40  # bound on a layout field (tensors, bytes per block)
 
 
 class ProtocolError(ValueError):
@@ -33,40 +43,57 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def listen(address: tuple[str, int], authkey: bytes | None = None) -> Listener:
-    return Listener(address, family="AF_INET", authkey=authkey)
-
-
-def accept(listener: Listener) -> Connection:
-    return nodelay(listener.accept())
-
-
-def connect(address: tuple[str, int], authkey: bytes | None = None) -> Connection:
-    return nodelay(Client(address, family="AF_INET", authkey=authkey))
-
-
-def nodelay(conn: Connection) -> Connection:
-    """Small messages go out at once. Without it Nagle holds an ack behind the previous
-    message's delayed TCP ACK: measured 40 ms per request on loopback."""
-    s = socket.socket(fileno=os.dup(conn.fileno()))  # a second handle, same socket
+def connect(address: tuple[str, int], timeout_s: float = 30.0) -> Connection:
+    """A control connection to a receiver (OSError when it cannot be reached in time)."""
+    sock = socket.create_connection(address, timeout=timeout_s)
     try:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    finally:
-        s.close()
-    return conn
+        # small messages go out at once: without it Nagle holds an ack behind the previous
+        # message's delayed TCP ACK (measured 40 ms per request on loopback)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+    except OSError:
+        sock.close()
+        raise
+    return Connection(sock.detach())
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    return json.dumps({"type": kind, **fields}).encode()
 
 
 def send(conn: Connection, kind: str, **fields: Any) -> None:
-    conn.send_bytes(json.dumps({"type": kind, **fields}).encode())
+    conn.send_bytes(encode(kind, **fields))
 
 
 def recv(conn: Connection) -> dict[str, Any]:
     """Next message; EOFError/OSError when the peer is gone, ProtocolError when garbled."""
-    raw = conn.recv_bytes(MAX_MESSAGE)
+    return loads(conn.recv_bytes(MAX_MESSAGE))
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:  # int() of 10^5 digits takes seconds
+        raise ProtocolError(f"a number of {len(text)} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> float:
+    raise ProtocolError(f"{name} is not a number here")
+
+
+def parse(raw: bytes) -> Any:
+    """JSON with bounded numbers, else ProtocolError (never another error: deep nesting,
+    long numbers and bad encodings are all named)."""
     try:
-        msg = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"not a JSON message: {e}") from None
+        return json.loads(raw, parse_int=_bounded_int, parse_constant=_no_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ProtocolError(f"not JSON: {type(e).__name__}: {str(e)[:80]}") from None
+
+
+def loads(raw: bytes) -> dict[str, Any]:
+    """One message: a JSON object with a str ``type``, else ProtocolError."""
+    msg = parse(raw)
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError(f"message without a type: {str(msg)[:80]!r}")
     return msg
@@ -78,6 +105,27 @@ def field(msg: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
         raise ProtocolError(f"{msg.get('type')!r} message: {name} = {str(v)[:80]!r} is invalid")
     return v
+
+
+def int_field(msg: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    """``msg[name]``, an int in [lo, hi], else ProtocolError naming message and field."""
+    v = field(msg, name, int)
+    if not lo <= v <= hi:
+        raise ProtocolError(f"{msg.get('type')!r} message: {name} = {v} outside [{lo}, {hi}]")
+    return v
+
+
+def layout_field(msg: dict[str, Any]) -> KVLayout:
+    """``msg["layout"]``: ints in range, else ProtocolError (never KVLayout's ValueError
+    on a field it cannot hold)."""
+    obj = field(msg, "layout", dict)
+    vals = []
+    for name in ("num_tensors", "block_bytes"):
+        v = obj.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_LAYOUT:
+            raise ProtocolError(f"layout.{name} = {str(v)[:40]!r} is not an int in [1, 2**40]")
+        vals.append(v)
+    return KVLayout(*vals)
 
 
 def b64(data: bytes) -> str:

@@ -141,7 +141,7 @@ def test_bad_flags_exit_2_naming_the_flag_before_any_work(capsys, argv, flag):
 
 def test_an_unreachable_receiver_fails_the_run_with_the_address(capsys):
     argv = ["run", "--model", "tiny", "--backend", "torch", "--quiet"]
-    code = main([*argv, "--receiver", "127.0.0.1:1"])
+    code = main([*argv, "--receiver", "127.0.0.1:1", "--insecure-no-auth"])
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach the decode receiver at ('127.0.0.1', 1)" in err
 

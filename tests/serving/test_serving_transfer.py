@@ -16,7 +16,7 @@ from graphbatch.serving import ServingLoop
 from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess
 
 from ..executor.helpers import MODEL, SCHED
-from ..transfer.helpers import ShmView, assert_byte_exact, drain, shm_name
+from ..transfer.helpers import KEY, ShmView, assert_byte_exact, drain, shm_name
 from .test_serving import turn
 
 os.environ.setdefault("UCX_NET_DEVICES", "lo")
@@ -36,7 +36,9 @@ def sessions(n: int, rounds: int = 2):
 def run_loop(ex, receiver, deadline_s=30.0, on_step=None, n=4):
     sched = PrefillScheduler(SCHED)
     initial = sched.stats().free_blocks
-    with KVSender(ex.kv_memory(), receiver.address, verify=True, deadline_s=deadline_s) as s:
+    with KVSender(
+        ex.kv_memory(), receiver.address, verify=True, deadline_s=deadline_s, auth_key=KEY
+    ) as s:
         loop = ServingLoop(sched, ex, sessions(n), 3, sender=s)
         if on_step is not None:
             loop.on_step = lambda stats: on_step(loop, stats)
@@ -49,7 +51,7 @@ def run_loop(ex, receiver, deadline_s=30.0, on_step=None, n=4):
 
 def test_every_request_is_sent_checked_and_released(executor):
     layout = executor.kv_memory().layout
-    with ReceiverProcess(ReceiverConfig(layout, 200, verify=True)) as rp:
+    with ReceiverProcess(ReceiverConfig(layout, 200, verify=True, auth_key=KEY)) as rp:
         stats = run_loop(executor, rp)
     final = rp.final_stats
     assert stats.failed == [] and stats.requests == 8
@@ -66,7 +68,7 @@ def test_every_request_is_sent_checked_and_released(executor):
 
 def test_a_frozen_receiver_fails_its_requests_and_the_loop_goes_on(executor):
     layout = executor.kv_memory().layout
-    rp = ReceiverProcess(ReceiverConfig(layout, 200))
+    rp = ReceiverProcess(ReceiverConfig(layout, 200, auth_key=KEY))
     state = {"frozen": False, "thawed": False}
 
     def on_step(loop, stats):
@@ -90,7 +92,7 @@ def test_a_frozen_receiver_fails_its_requests_and_the_loop_goes_on(executor):
 
 def test_a_killed_receiver_fails_every_transfer_but_never_the_loop(executor):
     layout = executor.kv_memory().layout
-    rp = ReceiverProcess(ReceiverConfig(layout, 200))
+    rp = ReceiverProcess(ReceiverConfig(layout, 200, auth_key=KEY))
 
     def on_step(loop, stats):
         if loop.sender.in_flight and rp.process.is_alive():
@@ -128,9 +130,9 @@ def test_shared_prefix_blocks_are_sent_whole_and_stay_owned_by_the_cache():
     bs = SCHED.block_size
     prefix = np.random.default_rng(9).integers(0, SCHED.vocab_size, 3 * bs).tolist()
     name = shm_name()
-    with ReceiverProcess(ReceiverConfig(mem.layout, 64, shm_name=name)) as rp:
+    with ReceiverProcess(ReceiverConfig(mem.layout, 64, shm_name=name, auth_key=KEY)) as rp:
         view = ShmView(name, 64, mem.layout)
-        with KVSender(mem, rp.address) as s:
+        with KVSender(mem, rp.address, auth_key=KEY) as s:
             a = prefill(sched, ex, s, "a", prefix + [1, 2, 3, 4, 5])
             a_blocks = sched.block_ids("a")
             src = snapshot(mem)

@@ -11,7 +11,7 @@ from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess
 
 from ..executor.helpers import SCHED, make_executor
 from ..serving.test_serving_transfer import prefill
-from .helpers import ShmView, assert_byte_exact, shm_name
+from .helpers import KEY, ShmView, assert_byte_exact, shm_name
 
 pytestmark = pytest.mark.gpu
 
@@ -33,9 +33,11 @@ def test_vram_blocks_arrive_byte_exact_after_the_step_event(gpu_executor):
     sched = PrefillScheduler(SCHED)
     rng = np.random.default_rng(3)
     name = shm_name()
-    with ReceiverProcess(ReceiverConfig(mem.layout, 64, verify=True, shm_name=name)) as rp:
+    with ReceiverProcess(
+        ReceiverConfig(mem.layout, 64, verify=True, shm_name=name, auth_key=KEY)
+    ) as rp:
         view = ShmView(name, 64, mem.layout)
-        with KVSender(mem, rp.address, verify=True) as s:
+        with KVSender(mem, rp.address, verify=True, auth_key=KEY) as s:
             for rid, n in (("g1", 70), ("g2", 5)):
                 sent = prefill(sched, ex, s, rid, rng.integers(0, SCHED.vocab_size, n).tolist())
                 blocks = sched.block_ids(rid)

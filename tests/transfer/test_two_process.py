@@ -5,7 +5,10 @@ frozen receiver aborts exactly the requests it held."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from graphbatch.transfer import KVLayout, KVSender, ReceiverConfig, ReceiverProc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .helpers import LAYOUT, ShmView, assert_byte_exact, drain, host_cache, shm_name
+from .helpers import KEY, LAYOUT, ShmView, assert_byte_exact, drain, host_cache, shm_name, wait_for
 
 NB_SEND, NB_RECV = 96, 640  # the receiver numbers its own, larger cache
 
@@ -21,7 +24,8 @@ NB_SEND, NB_RECV = 96, 640  # the receiver numbers its own, larger cache
 @pytest.fixture(scope="module")
 def receiver():
     name = shm_name()
-    with ReceiverProcess(ReceiverConfig(LAYOUT, NB_RECV, verify=True, shm_name=name)) as rp:
+    config = ReceiverConfig(LAYOUT, NB_RECV, verify=True, auth_key=KEY, shm_name=name)
+    with ReceiverProcess(config) as rp:
         view = ShmView(name, NB_RECV)
         yield rp, view
         view.close()
@@ -31,7 +35,7 @@ def receiver():
 @pytest.fixture(scope="module")
 def sender(receiver):
     cache, mem = host_cache(NB_SEND, seed=1)
-    with KVSender(mem, receiver[0].address, verify=True, deadline_s=30) as s:
+    with KVSender(mem, receiver[0].address, verify=True, deadline_s=30, auth_key=KEY) as s:
         yield s, cache
 
 
@@ -176,7 +180,7 @@ def test_bad_registrations_change_nothing(receiver, sender):
 def test_a_layout_mismatch_is_refused_at_connect(receiver):
     _, mem = host_cache(8, seed=0, layout=KVLayout(4, 512))
     with pytest.raises(TransferError, match="KV layout .* does not match"):
-        KVSender(mem, receiver[0].address)
+        KVSender(mem, receiver[0].address, auth_key=KEY)
 
 
 def test_checksum_mismatch_is_nacked_and_aborted(receiver):
@@ -185,7 +189,7 @@ def test_checksum_mismatch_is_nacked_and_aborted(receiver):
     cache, mem = host_cache(16, seed=2)
     zeros = np.zeros_like(cache)
     lying = type(mem)(mem.layout, mem.bases, mem.num_blocks, reader=lambda t, b: zeros[t, b])
-    with KVSender(lying, receiver[0].address, verify=True) as s:
+    with KVSender(lying, receiver[0].address, verify=True, auth_key=KEY) as s:
         s.register(0, [("bad", [1, 2], 3)])
         s.ready(0)
         p = drain(s, 1)
@@ -196,7 +200,7 @@ def test_checksum_mismatch_is_nacked_and_aborted(receiver):
 # ---- faults: each test owns its receiver process -------------------------------------
 @pytest.fixture
 def own_receiver():
-    rp = ReceiverProcess(ReceiverConfig(LAYOUT, 64))
+    rp = ReceiverProcess(ReceiverConfig(LAYOUT, 64, auth_key=KEY))
     yield rp
     if rp.process.is_alive():
         os.kill(rp.pid, signal.SIGCONT)
@@ -205,7 +209,7 @@ def own_receiver():
 
 def test_frozen_receiver_past_the_deadline_aborts_exactly_its_requests(own_receiver):
     cache, mem = host_cache(32, seed=3)
-    with KVSender(mem, own_receiver.address, deadline_s=1.0) as s:
+    with KVSender(mem, own_receiver.address, deadline_s=1.0, auth_key=KEY) as s:
         s.register(0, [("warm", [1], 0)])
         s.ready(0)
         assert [x.request_id for x in drain(s, 1).sent] == ["warm"]
@@ -228,7 +232,7 @@ def test_frozen_receiver_past_the_deadline_aborts_exactly_its_requests(own_recei
 
 def test_killed_receiver_aborts_what_it_held_and_everything_after(own_receiver):
     cache, mem = host_cache(64, seed=4)
-    with KVSender(mem, own_receiver.address, deadline_s=30) as s:
+    with KVSender(mem, own_receiver.address, deadline_s=30, auth_key=KEY) as s:
         s.register(0, [("big", list(range(1, 64)), 0)])
         s.ready(0)
         s.progress()
@@ -242,3 +246,80 @@ def test_killed_receiver_aborts_what_it_held_and_everything_after(own_receiver):
         assert [a.request_id for a in p.aborted] == ["late"]
         assert "disconnected" in p.aborted[0].reason
         assert s.in_flight == []
+
+
+# ---- starting the process: Ctrl-C ---------------------------------------------------------
+def _never_ready(config, pipe) -> None:
+    """Child: says that it runs (its pid, in a file), then never reports ready."""
+    path = os.environ["GB_TEST_STARTED"]
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(600)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ctrl_c_while_the_receiver_process_starts_kills_it_and_reraises(monkeypatch, tmp_path):
+    from graphbatch.transfer import process
+
+    flag = tmp_path / "started"
+    monkeypatch.setenv("GB_TEST_STARTED", str(flag))
+    monkeypatch.setattr(process, "_main", _never_ready)
+
+    def ctrl_c_once_the_child_runs() -> None:
+        wait_for(flag.exists, "the child", 60)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_once_the_child_runs, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ReceiverProcess(ReceiverConfig(LAYOUT, 8, auth_key=KEY), start_timeout_s=120)
+        pid = int(flag.read_text())
+        assert not _alive(pid)  # killed and reaped
+    finally:
+        if flag.exists() and _alive(pid := int(flag.read_text())):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_inside_process_start_is_held_until_the_child_can_be_killed(monkeypatch):
+    import multiprocessing.popen_spawn_posix as popen
+
+    pids = []
+
+    class InterruptedLaunch(popen.Popen):
+        def _launch(self, process_obj) -> None:
+            super()._launch(process_obj)
+            pids.append(self.pid)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # mid-start()
+            sum(range(1000))  # bytecode where an unheld interrupt lands
+
+    monkeypatch.setattr(popen, "Popen", InterruptedLaunch)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ReceiverProcess(ReceiverConfig(LAYOUT, 8, auth_key=KEY))
+        assert not _alive(pids[0])
+    finally:
+        if pids and _alive(pids[0]):
+            os.kill(pids[0], signal.SIGKILL)
+
+
+def test_the_receiver_process_ignores_ctrl_c_its_parent_stops_it(own_receiver):
+    """A terminal's Ctrl-C reaches the whole process group: the child leaves it to its
+    parent (which stops it and reads its counters) instead of dying with a traceback."""
+    with open(f"/proc/{own_receiver.pid}/status") as f:
+        ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", f.read()).group(1), 16)
+    assert ignored & (1 << (signal.SIGINT - 1))
+    os.kill(own_receiver.pid, signal.SIGINT)
+    cache, mem = host_cache(8, seed=5)
+    with KVSender(mem, own_receiver.address, auth_key=KEY) as s:
+        s.register(0, [("after-ctrl-c", [1], 0)])
+        s.ready(0)
+        assert [x.request_id for x in drain(s, 1).sent] == ["after-ctrl-c"]
+    assert own_receiver.stop()["acked"] == 1

@@ -1,5 +1,6 @@
 """The prefill instance's serving loop: scheduler, executor and KV transfer together."""
 
-from .loop import RunStats, ServingLoop, percentile
+from .loop import ServingLoop
+from .stats import RunStats, percentile
 
 __all__ = ["RunStats", "ServingLoop", "percentile"]

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from graphbatch.executor import BoundsError, GraphExecutor
@@ -25,53 +25,9 @@ from graphbatch.scheduler import PrefillScheduler, SchedulerFull, UnknownRequest
 from graphbatch.scheduler.workload import Turn
 from graphbatch.transfer import KVSender, Progress
 
+from .stats import RunStats
+
 log = logging.getLogger("graphbatch.serving")
-
-
-@dataclass
-class RunStats:
-    requests: int = 0
-    prompt_tokens: int = 0  # of every admitted request
-    cached_tokens: int = 0  # of those, served from the prefix cache (not computed)
-    computed_tokens: int = 0  # prompt tokens the executor ran
-    padded_tokens: int = 0  # token-bucket rows executed, padding included
-    steps: int = 0
-    wall_s: float = 0.0
-    ttft_s: list[float] = field(default_factory=list)
-    first_token_logprobs: list[float] = field(default_factory=list)
-    first_tokens: dict[str, int] = field(default_factory=dict)  # request id -> token id
-    failed: list[str] = field(default_factory=list)
-    reasons: dict[str, str] = field(default_factory=dict)  # failed request id -> why
-    cancelled: list[str] = field(default_factory=list)  # failed by cancel() (also in failed)
-    # cancel() came after the KV write was posted and the receiver acked it: sent after
-    # all, counted in requests (the decode side has the KV: see KVSender.cancel)
-    cancel_too_late: list[str] = field(default_factory=list)
-    step_times: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
-    # KV transfer (empty without a sender): per request, KV complete -> decode acked;
-    # decode-side TTFT = submitted -> first token and KV both at the decode instance
-    transfer_latency_s: list[float] = field(default_factory=list)
-    decode_ttft_s: list[float] = field(default_factory=list)
-    transfer_bytes: int = 0
-    transfer_spans: list[tuple[float, float]] = field(default_factory=list)  # posted, acked
-
-    @property
-    def transfer_gbps(self) -> float:
-        """Bytes acked / time with at least one write in flight (overlapping writes count
-        once)."""
-        busy, end = 0.0, float("-inf")
-        for a, b in sorted(self.transfer_spans):
-            if b > end:
-                busy += b - max(a, end)
-                end = b
-        return self.transfer_bytes / busy / 1e9 if busy > 0 else 0.0
-
-    @property
-    def padding_waste(self) -> float:
-        return 1.0 - self.computed_tokens / self.padded_tokens if self.padded_tokens else 0.0
-
-    @property
-    def prefix_hit_rate(self) -> float:
-        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 @dataclass(eq=False)
@@ -353,7 +309,3 @@ class ServingLoop:
                     raise RuntimeError(f"serving loop stalled with requests {ids} pending")
             if self.on_step:
                 self.on_step(self.stats)
-
-
-def percentile(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")

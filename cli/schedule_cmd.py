@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
                 f"step {steps:3d}: {d.num_seqs:2d} seqs, {d.num_tokens:4d} tokens -> "
                 f"bucket {d.token_capacity:4d}, finishing {int(d.sample_mask.sum())}"
             )
+            d.mark_executed()  # a dry run: count the step as run
             sched.update(d, [0] * d.num_seqs)
         for turns in pending:  # simulated KV transfer: release right away
             if turns and turns[0].request.request_id in sched.request_ids():

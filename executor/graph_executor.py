@@ -215,6 +215,7 @@ class GraphExecutor:
             logprobs = self.backend.to_numpy(self.logprobs)
             errors = self.buffers.read_errors()
         t2 = time.perf_counter()
+        d.mark_executed()  # it ran: its KV is written, the scheduler may cache its blocks
         return self._finish(d, sampled, logprobs, errors, graph is not None, t1 - t0, t2 - t1)
 
     def _finish(self, d, sampled, logprobs, errors, replayed, prep, dev) -> StepOutput:

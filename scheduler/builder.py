@@ -86,4 +86,5 @@ def build_descriptor(
         num_kv_blocks=config.num_kv_blocks,
         vocab_size=config.vocab_size,
         max_model_len=config.max_model_len,
+        prompt_lens=tuple(c[0].prompt_len for c in chunks),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from .request import MAX_SEED
+
 DUMMY_BLOCK = 0  # reserved KV block: padding tokens write here, never handed to a request
 
 
@@ -67,6 +69,9 @@ class SchedulerConfig:
                 f"SchedulerConfig.enable_prefix_caching must be a bool, "
                 f"got {self.enable_prefix_caching!r}"
             )
+        seed = self.seed  # numpy's generator takes any int >= 0; a request seed is int64
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"SchedulerConfig.seed must be an int in [0, 2**63 - 1], got {seed!r}")
         if self.max_num_requests is None:
             object.__setattr__(self, "max_num_requests", 4 * self.max_num_seqs)
         _check_positive_int("max_num_requests", self.max_num_requests)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -59,6 +59,14 @@ class StaleDescriptor(ValueError):
     """The descriptor is not (or no longer) a current step of the scheduler asked."""
 
 
+class Origin(Protocol):
+    """The scheduler a descriptor came from (``scheduler.steps.Origin``)."""
+
+    def __call__(self, d: BatchDescriptor) -> None: ...  # raise unless current
+
+    def executed(self, d: BatchDescriptor) -> None: ...  # it ran: its KV is written
+
+
 @dataclass
 class BatchDescriptor:
     """One prefill step. Token arrays have ``token_capacity`` rows (a capture bucket),
@@ -87,21 +95,30 @@ class BatchDescriptor:
     num_kv_blocks: int
     vocab_size: int
     max_model_len: int
-    # Origin: which scheduler issued it, its step, and each row's admission serial (a
-    # request aborted and re-added under the same id gets a new serial).
+    # each real row's prompt length: validate() proves sample_mask from it
+    prompt_lens: tuple[int, ...] = ()
+    # Origin: which scheduler issued it, its step, and each row's serial (a request
+    # aborted and re-added under the same id, or rescheduled, gets a new one).
     scheduler_id: str = ""
     step: int = -1
     arrivals: tuple[int, ...] = ()
-    origin_check: Callable[[BatchDescriptor], None] | None = field(
-        default=None, repr=False, compare=False
-    )
+    origin: Origin | None = field(default=None, repr=False, compare=False)
 
     def check_current(self) -> None:
         """Raise StaleDescriptor unless this is an un-updated step of a live scheduler
-        whose every request is still the one it was scheduled for (no-op for a
-        descriptor built by hand, which has no origin)."""
-        if self.origin_check is not None:
-            self.origin_check(self)
+        whose every request is still the one it was scheduled for, and DescriptorError
+        if its rows were changed since (no-op for a descriptor built by hand, which has
+        no origin)."""
+        if self.origin is not None:
+            self.origin(self)
+
+    def mark_executed(self) -> None:
+        """Tell the scheduler that issued this step that it ran: its KV is written.
+        GraphExecutor calls it once it ran the step; a step never marked feeds nothing
+        to the prefix cache and gets no first token. Ignored for a step that is not
+        current (foreign, retired) and for a descriptor built by hand."""
+        if self.origin is not None:
+            self.origin.executed(self)
 
     @property
     def token_capacity(self) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +18,10 @@ from .builder import build_descriptor
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
 from .first_tokens import check_first_tokens
-from .prefix_cache import ROOT_KEY, PrefixCache, block_key
-from .request import MAX_SEED, Request, SamplingParams
+from .prefix_cache import PrefixCache
+from .request import MAX_SEED, Request, SamplingParams, check_prompt
 from .sequence import SeqState, Sequence
+from .steps import Origin, StepRecord, register_written
 
 
 class SchedulerFull(RuntimeError):
@@ -63,8 +63,8 @@ class PrefillScheduler:
         self._rng = np.random.default_rng(config.seed)
         self.id = uuid.uuid4().hex[:12]  # descriptors carry it: a foreign one is refused
         self._steps = 0
-        self._outstanding: set[int] = set()  # steps scheduled, not yet updated
-        self._check_ref = weakref.WeakMethod(self.check_current)
+        self._outstanding: dict[int, StepRecord] = {}  # steps scheduled, not yet updated
+        self._origin = Origin(self)
 
     # ---- admission -------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -103,8 +103,8 @@ class PrefillScheduler:
             np.asarray(blocks, dtype=np.int32),
             self._arrivals,
         )
-        seq.num_scheduled = seq.num_cached = len(cached) * cfg.block_size
-        seq.block_keys = [self.blocks.cache.key_of(b) for b in cached]
+        seq.num_scheduled = seq.num_cached = seq.num_computed = len(cached) * cfg.block_size
+        seq.chain = [self.blocks.cache.link_of(b) for b in cached]
         self._seqs[req.request_id] = self._prefilling[req.request_id] = seq
         self._arrivals += 1
         self._prompt_tokens += seq.prompt_len
@@ -123,28 +123,8 @@ class PrefillScheduler:
         problems = req.sampling.problems()
         if problems:
             raise ValueError(f"request {rid!r}: sampling.{problems[0]}")
-        try:
-            prompt = np.asarray(req.prompt_token_ids)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"request {rid!r}: prompt_token_ids is not an array: {e}") from None
-        if prompt.ndim != 1 or prompt.shape[0] == 0:
-            raise ValueError(f"request {rid!r}: prompt_token_ids must be a non-empty 1-D list")
-        if not np.issubdtype(prompt.dtype, np.integer):
-            raise ValueError(f"request {rid!r}: prompt_token_ids must be ints, got {prompt.dtype}")
         cfg = self.config
-        if prompt.shape[0] > cfg.max_model_len:
-            raise ValueError(
-                f"request {rid!r}: prompt_token_ids has {prompt.shape[0]} tokens "
-                f"> max_model_len {cfg.max_model_len}"
-            )
-        bad = np.flatnonzero((prompt < 0) | (prompt >= cfg.vocab_size))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(
-                f"request {rid!r}: prompt_token_ids[{i}] = {int(prompt[i])} "
-                f"outside [0, {cfg.vocab_size})"
-            )
-        return prompt.astype(np.int64, copy=True)
+        return check_prompt(rid, req.prompt_token_ids, cfg.max_model_len, cfg.vocab_size)
 
     # ---- stepping --------------------------------------------------------
     def schedule(self) -> BatchDescriptor | None:
@@ -171,87 +151,107 @@ class PrefillScheduler:
             scheduler_id=self.id,
             step=step,
             arrivals=tuple(c[0].arrival for c in chunks),
-            origin_check=_OriginCheck(self._check_ref),
+            origin=self._origin,
         )
         for seq, _, n in chunks:
             seq.num_scheduled += n
         self._steps += 1
-        self._outstanding.add(step)
+        self._outstanding[step] = StepRecord.of(d)
         return d
 
     def check_current(self, d: BatchDescriptor, rows_alive: bool = True) -> None:
         """Raise StaleDescriptor unless ``d`` is a scheduled, not yet updated step of
         this scheduler (and, with ``rows_alive``, every row's request is still the one
-        it was scheduled for: not aborted, not re-added under the same id)."""
+        it was scheduled for: not aborted, re-added or rescheduled), and DescriptorError
+        if its rows were changed since it was issued."""
+        self._record(d, rows_alive)
+
+    def _record(self, d: BatchDescriptor, rows_alive: bool) -> StepRecord:
         if d.scheduler_id != self.id:
             raise StaleDescriptor(
                 f"descriptor from scheduler {d.scheduler_id or '(none)'!r}, not this one "
                 f"({self.id!r})"
             )
-        if d.step not in self._outstanding:
+        rec = self._outstanding.get(d.step)
+        if rec is None:
             raise StaleDescriptor(
                 f"step {d.step} is not current: already updated, or never issued "
                 f"(outstanding: {sorted(self._outstanding)})"
             )
-        if rows_alive:
-            gone = self._gone_rows(d)
-            if gone:
-                raise StaleDescriptor(
-                    f"step {d.step}: requests {gone} were aborted or re-added after it was "
-                    "scheduled; their blocks may belong to another request now"
-                )
+        err = rec.mismatch(d)
+        if err is not None:
+            raise err
+        live = rec.live_rows(self._seqs) if rows_alive else None
+        if live is not None and len(live) != len(rec.request_ids):
+            alive = {i for i, _ in live}
+            gone = [rid for i, rid in enumerate(rec.request_ids) if i not in alive]
+            raise StaleDescriptor(
+                f"step {d.step}: requests {gone} were aborted, re-added or rescheduled "
+                "after it was scheduled; their blocks may belong to another request now"
+            )
+        return rec
 
-    def _gone_rows(self, d: BatchDescriptor) -> list[str]:
-        out = []
-        for rid, arrival in zip(d.request_ids, d.arrivals, strict=True):
-            seq = self._seqs.get(rid)
-            if seq is None or seq.arrival != arrival:
-                out.append(rid)
-        return out
+    def _mark_executed(self, d: BatchDescriptor) -> None:
+        """``d`` ran (BatchDescriptor.mark_executed): a row's chunk counts as computed
+        only if everything before it was (an earlier chunk that did not run leaves
+        nothing for it to attend to). Ignores a step that is not current."""
+        rec = self._outstanding.get(d.step) if d.scheduler_id == self.id else None
+        if rec is None or rec.executed or rec.mismatch(d) is not None:
+            return
+        rec.executed = True
+        starts, ends = rec.starts.tolist(), rec.ends.tolist()  # plain ints: a hot loop
+        for i, seq in rec.live_rows(self._seqs):
+            if seq.num_computed == starts[i]:
+                seq.num_computed = ends[i]
 
     def update(self, descriptor: BatchDescriptor, sampled_token_ids) -> list[str]:
-        """Record first tokens of requests whose prompt finished in ``descriptor``.
+        """Retire ``descriptor``: record first tokens of requests whose prompt it
+        finished and cache the blocks it wrote, if an executor ran it.
 
         ``sampled_token_ids`` is aligned with the descriptor's sequence rows; -1 means
-        the executor could not sample that row (the engine aborts it). Returns the ids
-        that moved to the transferring state. Raises StaleDescriptor for a descriptor
-        that is foreign or already updated, and ValueError naming every row whose token
-        is not an int in [-1, vocab_size); in both cases nothing changes.
+        no token for that row (the executor could not sample it: the engine aborts it).
+        A step no executor ran (GraphExecutor marks what it runs) can be retired only
+        once it can no longer run (a request of it was aborted or re-added): it feeds
+        nothing, and its other requests are scheduled again from their last computed
+        token; so is a row that ran before an earlier chunk of its request. Returns the
+        ids that moved to the transferring state. Raises StaleDescriptor for a
+        descriptor that is foreign or already updated, DescriptorError for one whose
+        rows changed since it was issued, and ValueError naming every row whose token is
+        not an int in [-1, vocab_size), or for a step that has not run; in all cases
+        nothing changes.
         """
         d = descriptor
-        self.check_current(d, rows_alive=False)  # aborted rows are skipped below
+        rec = self._record(d, rows_alive=False)  # aborted rows are skipped below
         tokens = check_first_tokens(sampled_token_ids, d.request_ids, self.config.vocab_size)
+        rows = rec.live_rows(self._seqs)
+        if not rec.executed:
+            rec.refuse_unrun(d.step, rows, tokens)
         moved = []
-        for i in np.flatnonzero(d.sample_mask[: d.num_seqs]):
-            rid = d.request_ids[i]
-            seq = self._seqs.get(rid)
-            if seq is None or seq.arrival != d.arrivals[i] or tokens[i] < 0:
-                continue  # aborted (or re-added) meanwhile, or a row the executor flagged
-            if seq.state is SeqState.PREFILLING:
-                seq.first_token, seq.state = int(tokens[i]), SeqState.TRANSFERRING
-                del self._prefilling[rid]
-                moved.append(rid)
-        self._cache_written_blocks(d, tokens)
-        self._outstanding.discard(d.step)
+        cache, bs = self.blocks.cache, self.config.block_size
+        ends, finishes, toks = rec.ends.tolist(), rec.finishes.tolist(), tokens.tolist()
+        for i, seq in rows:
+            end = ends[i]
+            if seq.num_computed < end:  # this chunk's KV was never computed
+                self._rewind(seq)
+                continue
+            if finishes[i]:
+                if toks[i] < 0:
+                    continue  # flagged by the executor: no token, its KV may be garbage
+                if seq.state is SeqState.PREFILLING:
+                    seq.first_token, seq.state = toks[i], SeqState.TRANSFERRING
+                    del self._prefilling[seq.request_id]
+                    moved.append(seq.request_id)
+            if cache is not None:
+                register_written(cache, seq, end, bs)
+        del self._outstanding[d.step]
         return moved
 
-    def _cache_written_blocks(self, d: BatchDescriptor, tokens: np.ndarray) -> None:
-        """The step's KV is written: its rows' newly full blocks enter the prefix cache
-        (not a row the executor flagged: its KV may be garbage)."""
-        cache, bs = self.blocks.cache, self.config.block_size
-        if cache is None:
-            return
-        for i, rid in enumerate(d.request_ids):
-            seq = self._seqs.get(rid)
-            if seq is None or seq.arrival != d.arrivals[i]:
-                continue
-            if d.sample_mask[i] and tokens[i] < 0:
-                continue
-            for j in range(len(seq.block_keys), int(d.seq_lens[i]) // bs):
-                toks = seq.prompt[j * bs : (j + 1) * bs]
-                parent = seq.block_keys[-1] if seq.block_keys else ROOT_KEY
-                seq.block_keys.append(block_key(parent, toks))
-                cache.register(int(seq.block_ids[j]), parent, toks)
+    def _rewind(self, seq: Sequence) -> None:
+        """Schedule ``seq`` again from its last computed token, under a new serial:
+        every step issued before (holding chunks past that point) no longer touches it."""
+        seq.num_scheduled = seq.num_computed
+        seq.arrival = self._arrivals
+        self._arrivals += 1
 
     # ---- leaving ---------------------------------------------------------
     def release(self, request_id: str) -> int:
@@ -309,16 +309,3 @@ class PrefillScheduler:
             prompt_tokens=self._prompt_tokens,
             cached_tokens=self._cached_tokens,
         )
-
-
-class _OriginCheck:
-    """A descriptor's link back to its scheduler (weak: descriptors may outlive it)."""
-
-    def __init__(self, ref: weakref.WeakMethod) -> None:
-        self._ref = ref
-
-    def __call__(self, d: BatchDescriptor) -> None:
-        check = self._ref()
-        if check is None:
-            raise StaleDescriptor(f"the scheduler {d.scheduler_id!r} that issued it is gone")
-        check(d)

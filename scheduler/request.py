@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 MAX_SEED = 2**63 - 1
 MAX_TOP_K = 2**31 - 1  # the descriptor stores top_k as int32
 FLOAT32_MAX = 3.4028234663852886e38  # temperature is stored as float32
@@ -65,3 +67,28 @@ class Request:
     request_id: str
     prompt_token_ids: Sequence[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+def check_prompt(rid: str, prompt_token_ids, max_model_len: int, vocab_size: int) -> np.ndarray:
+    """The prompt as a fresh int64 array; ValueError naming the request and the first bad
+    token (or why it is not a non-empty 1-D list of ints that fits the model)."""
+    try:
+        prompt = np.asarray(prompt_token_ids)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"request {rid!r}: prompt_token_ids is not an array: {e}") from None
+    if prompt.ndim != 1 or prompt.shape[0] == 0:
+        raise ValueError(f"request {rid!r}: prompt_token_ids must be a non-empty 1-D list")
+    if not np.issubdtype(prompt.dtype, np.integer):
+        raise ValueError(f"request {rid!r}: prompt_token_ids must be ints, got {prompt.dtype}")
+    if prompt.shape[0] > max_model_len:
+        raise ValueError(
+            f"request {rid!r}: prompt_token_ids has {prompt.shape[0]} tokens "
+            f"> max_model_len {max_model_len}"
+        )
+    bad = np.flatnonzero((prompt < 0) | (prompt >= vocab_size))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"request {rid!r}: prompt_token_ids[{i}] = {int(prompt[i])} outside [0, {vocab_size})"
+        )
+    return prompt.astype(np.int64, copy=True)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import DUMMY_BLOCK
 from .descriptor import FIELD_DTYPES, DescriptorError
 
 if TYPE_CHECKING:
@@ -66,6 +67,21 @@ def _check_shapes(d: BatchDescriptor) -> None:
         seen[rid] = row
     if d.arrivals and len(d.arrivals) != d.num_seqs:
         raise DescriptorError("arrivals", 0, f"{len(d.arrivals)} entries for {d.num_seqs} rows")
+    _check_prompt_lens(d)
+
+
+def _check_prompt_lens(d: BatchDescriptor) -> None:
+    lens = d.prompt_lens
+    if not isinstance(lens, tuple) or len(lens) != d.num_seqs:
+        n = len(lens) if isinstance(lens, tuple) else type(lens).__name__
+        raise DescriptorError("prompt_lens", 0, f"{n} entries for {d.num_seqs} rows")
+    arr = np.asarray(lens)
+    if arr.dtype.kind not in "iu":  # bools, floats, objects
+        raise DescriptorError("prompt_lens", 0, f"must be ints, got {arr.dtype}")
+    bad = np.flatnonzero((arr <= 0) | (arr > d.max_model_len))
+    if bad.size:
+        r = int(bad[0])
+        raise DescriptorError("prompt_lens", r, f"{lens[r]} outside [1, {d.max_model_len}]")
 
 
 def _check_ranges(d: BatchDescriptor) -> None:
@@ -134,6 +150,49 @@ def _check_write_targets(d: BatchDescriptor, lens: np.ndarray) -> None:
         )
 
 
+def _check_distinct_blocks(d: BatchDescriptor) -> None:
+    """No block twice in a row's table: two positions would share one KV slot (and the
+    block would be freed twice)."""
+    n = d.num_seqs
+    t = np.sort(d.block_tables[:n], axis=1)
+    dup = (t[:, 1:] == t[:, :-1]) & (t[:, 1:] != DUMMY_BLOCK)
+    rows = np.flatnonzero(dup.any(axis=1))
+    if rows.size:
+        r = int(rows[0])
+        block = int(t[r, 1:][dup[r]][0])
+        cols = np.flatnonzero(d.block_tables[r] == block)
+        raise DescriptorError(
+            "block_tables",
+            (r, int(cols[1])),
+            f"block {block} also in column {int(cols[0])} ({_owner(d, 'block_tables', r)})",
+        )
+
+
+def _check_sample_mask(d: BatchDescriptor) -> None:
+    """A row samples exactly when its chunk ends its prompt: a flag set mid-prompt would
+    hand out a first token over KV never computed, a cleared one strands the request."""
+    n = d.num_seqs
+    plen = np.asarray(d.prompt_lens, dtype=np.int64)
+    seq = d.seq_lens[:n]
+    bad = np.flatnonzero(seq > plen)
+    if bad.size:
+        r = int(bad[0])
+        raise DescriptorError(
+            "seq_lens", r, f"{seq[r]} > prompt_len {plen[r]} ({_owner(d, 'seq_lens', r)})"
+        )
+    ends = seq == plen
+    bad = np.flatnonzero(d.sample_mask[:n] != ends)
+    if bad.size:
+        r = int(bad[0])
+        what = "ends" if ends[r] else "does not end"
+        raise DescriptorError(
+            "sample_mask",
+            r,
+            f"{bool(d.sample_mask[r])}, but the chunk {what} the prompt (seq_len {seq[r]} of "
+            f"{plen[r]}) ({_owner(d, 'sample_mask', r)})",
+        )
+
+
 def _check_sampling(d: BatchDescriptor) -> None:
     checks = {
         "temperature": ~np.isfinite(d.temperature) | (d.temperature < 0),
@@ -154,5 +213,7 @@ def _check_sampling(d: BatchDescriptor) -> None:
 def validate_descriptor(d: BatchDescriptor) -> None:
     _check_shapes(d)
     _check_ranges(d)
+    _check_distinct_blocks(d)
     _check_layout(d)
+    _check_sample_mask(d)
     _check_sampling(d)

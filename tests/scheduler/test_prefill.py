@@ -137,6 +137,7 @@ def test_transferring_requests_cost_no_budget(config):
     s = PrefillScheduler(config)
     s.add_request(req("a", 5))
     d = s.schedule()
+    d.mark_executed()  # as GraphExecutor does once it ran the step
     s.update(d, np.array([7] + [0] * 3))
     assert s.state_of("a") is SeqState.TRANSFERRING and s.first_token("a") == 7
     s.add_request(Request("b", list(range(50, 82))))  # no prefix shared with "a"
@@ -161,6 +162,7 @@ def test_update_skips_flagged_rows_and_reports_bad_tokens(config):
     s.add_request(req("b", 2))
     s.add_request(req("c", 2))
     d = s.schedule()
+    d.mark_executed()
     with pytest.raises(ValueError, match="'c'"):
         s.update(d, [5, -1, 100, 0])  # a bad token: nothing is recorded
     assert all(s.state_of(r) is SeqState.PREFILLING for r in "abc")

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from graphbatch.scheduler import PrefillScheduler, Request, SchedulerFull
-from graphbatch.scheduler.prefix_cache import PrefixCache, block_key
+from graphbatch.scheduler.prefix_cache import ROOT, ROOT_KEY, PrefixCache, block_key
 
 
 def prompt(n: int, start: int = 1) -> list[int]:
@@ -17,6 +17,7 @@ def prompt(n: int, start: int = 1) -> list[int]:
 
 def run_to_transfer(s: PrefillScheduler) -> None:
     while (d := s.schedule()) is not None:
+        d.mark_executed()  # as GraphExecutor does once it ran the step
         s.update(d, [1] * d.seq_capacity)
 
 
@@ -26,6 +27,7 @@ def test_blocks_enter_the_cache_only_after_the_step_that_wrote_them(config):
     d = s.schedule()
     s.add_request(Request("b", prompt(13)))  # same prompt, a's KV not written yet
     assert s.num_cached("b") == 0
+    d.mark_executed()
     s.update(d, [1] * d.seq_capacity)  # a's three full blocks are now written
     s.add_request(Request("c", prompt(13)))
     assert s.num_cached("c") == 12
@@ -101,9 +103,10 @@ def test_caching_off_never_matches(config):
 def test_hit_is_confirmed_by_tokens_not_only_the_key():
     cache = PrefixCache()
     toks = np.array([1, 2, 3, 4])
-    cache.register(7, b"", toks)
+    cache.register(7, ROOT_KEY, ROOT, toks)
     assert cache.match(np.array([1, 2, 3, 4, 9]), 4, 1) == [7]
-    cache._tokens[7] = np.array([1, 2, 3, 5])  # as if another prefix had hashed alike
+    # as if another block had hashed alike
+    cache._entries[7] = replace(cache._entries[7], tokens=np.array([1, 2, 3, 5]))
     assert cache.match(np.array([1, 2, 3, 4, 9]), 4, 1) == []
     assert len(block_key(b"", toks)) == 16  # 128-bit keys
 
@@ -131,6 +134,7 @@ def test_a_flagged_row_never_feeds_the_cache(config):
     s = PrefillScheduler(config)
     s.add_request(Request("a", prompt(13)))
     d = s.schedule()
+    d.mark_executed()
     s.update(d, [-1] * d.seq_capacity)  # the executor could not sample a (NaN logits)
     s.add_request(Request("b", prompt(13)))
     assert s.num_cached("b") == 0 and s.stats().cached_blocks == 0

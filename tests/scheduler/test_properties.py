@@ -112,6 +112,7 @@ def test_random_workloads_keep_invariants(cfg, program, seed):
                 assert not sched.has_unscheduled()
                 continue
             _check_descriptor(cfg, sched, model, d)
+            d.mark_executed()  # as GraphExecutor does once it ran the step
             sched.update(d, rng.integers(0, cfg.vocab_size, d.seq_capacity))
         elif ids:
             rid = ids[op[1] % len(ids)]
@@ -123,6 +124,7 @@ def test_random_workloads_keep_invariants(cfg, program, seed):
     # drain: every admitted prompt is scheduled exactly once, then everything is returned
     while (d := sched.schedule()) is not None:
         _check_descriptor(cfg, sched, model, d)
+        d.mark_executed()
         sched.update(d, np.zeros(d.seq_capacity, dtype=np.int64))
     for rid in sched.request_ids():
         assert model.seen[rid] == model.prompts[rid].tolist()

@@ -1,0 +1,119 @@
+"""What the hostile state machines share: the config, the hostile values, the executor
+whose host check they exercise, the scheduler's full state, and a model of the KV cache
+(what every slot was computed under) that stands in for running the model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from graphbatch.scheduler import PrefillScheduler, SchedulerConfig
+
+CFG = SchedulerConfig(
+    max_num_seqs=4,
+    max_num_batched_tokens=32,
+    block_size=4,
+    num_kv_blocks=24,
+    max_model_len=48,
+    vocab_size=50,
+)
+
+# Values at and past every boundary of every SamplingParams field.
+HOSTILE_SAMPLING = [
+    dict(top_k=2**31),
+    dict(top_k=-1),
+    dict(top_k=True),
+    dict(temperature=1e39),
+    dict(temperature=-0.0001),
+    dict(temperature=math.nan),
+    dict(temperature=math.inf),
+    dict(top_p=1e-50),
+    dict(top_p=0.0),
+    dict(top_p=1.0000001),
+    dict(min_p=1.5),
+    dict(min_p=-0.1),
+    dict(seed=-1),
+    dict(seed=2**63),
+]
+BOUNDARY_SAMPLING = [
+    dict(top_k=2**31 - 1),
+    dict(temperature=3.4e38),
+    dict(top_p=1.2e-38),
+    dict(min_p=1.0),
+    dict(seed=2**63 - 1),
+    dict(temperature=0.0, top_k=1),
+]
+HOSTILE_PROMPTS = [[], [-1], [CFG.vocab_size], [1.5, 2.0], [[1, 2]], list(range(49)), "abc"]
+HOSTILE_TOKENS = [math.nan, math.inf, None, CFG.vocab_size, -2, 1.5, "7", True]
+
+_executor = None
+
+
+def executor():
+    """One executor for the machine's config: its host check is what is exercised."""
+    global _executor
+    if _executor is None:
+        from graphbatch.executor import GraphExecutor
+        from graphbatch.models import TinyConfig, TinyDecoder
+
+        model = TinyConfig(vocab_size=CFG.vocab_size, hidden_size=32, num_heads=2,
+                            num_kv_heads=1, num_layers=1, intermediate_size=32)  # fmt: skip
+        _executor = GraphExecutor(TinyDecoder(model), CFG, backend="torch")
+    return _executor
+
+
+def full_state(s: PrefillScheduler) -> tuple:
+    seqs = tuple(
+        (
+            rid,
+            q.state,
+            q.num_scheduled,
+            q.num_computed,
+            q.first_token,
+            q.arrival,
+            tuple(q.block_ids.tolist()),
+            tuple(q.chain),
+        )  # fmt: skip
+        for rid, q in s._seqs.items()
+    )
+    steps = tuple((k, r.executed) for k, r in s._outstanding.items())
+    return seqs, tuple(s.blocks._free), steps, s._steps, s._arrivals, cached(s)
+
+
+def cached(s: PrefillScheduler) -> frozenset[int]:
+    cache = s.blocks.cache
+    return frozenset(b for b in range(CFG.num_kv_blocks) if b in cache)
+
+
+class KVModel:
+    """Each KV slot's content, as the prompt prefix it was computed under: a step computes
+    token q right only when every slot before q (through its block table) already holds
+    its own prefix; otherwise what it writes is garbage (None)."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, tuple[int, ...] | None] = {}
+
+    @staticmethod
+    def _slot(table, q: int) -> int:
+        bs = CFG.block_size
+        return int(table[q // bs]) * bs + q % bs
+
+    def holds(self, table, prefix: list[int]) -> bool:
+        """The slots of positions [0, len(prefix)) hold KV computed under ``prefix``."""
+        return all(
+            self.slots.get(self._slot(table, q)) == tuple(prefix[: q + 1])
+            for q in range(len(prefix))
+        )
+
+    def run(self, table, prompt: list[int], start: int, end: int) -> None:
+        """An executed chunk [start, end) of ``prompt``."""
+        ok = self.holds(table, prompt[:start])
+        for q in range(start, end):
+            self.slots[self._slot(table, q)] = tuple(prompt[: q + 1]) if ok else None
+
+    def block_holds(self, block: int, chain: np.ndarray) -> bool:
+        """Cached ``block`` (the last of ``chain``'s blocks) holds KV computed under
+        ``chain``: the tokens of every block from the root to it."""
+        bs, base = CFG.block_size, len(chain) - CFG.block_size
+        toks = [int(t) for t in chain]
+        return all(self.slots.get(block * bs + o) == tuple(toks[: base + o + 1]) for o in range(bs))

@@ -1,12 +1,17 @@
 """Causal prefill attention over a paged KV cache, bounds-checked.
 
-One program per (query block of one sequence, head): the BLOCK_M query rows of a tile
-share their sequence, so each K/V tile [BLOCK_N, D] is read once per tile and both
-products are ``tl.dot``. Sequence s owns query blocks starting at qsl[s] // BLOCK_M + s
-(the upper bound T // BLOCK_M + S + 1 programs covers every split); a last virtual
-sequence covers the padding tail [qsl[S], T), whose rows get zeros. Keys j <= position
-and j < seq_len are read through ``block_tables``; a block id outside [0, num_blocks)
-is redirected to block 0 and its token row is counted.
+One program per (query block of one sequence, KV head). A tile's BLOCK_M rows are
+(token, query head) pairs f = token * G + g of one sequence, the G = H / HKV query heads
+that share the KV head packed together, so each K/V tile [BLOCK_N, D] is read once per
+group and both products are ``tl.dot``. Sequence s owns the blocks starting at
+qsl[s] * G // BLOCK_M + s (the upper bound T * G // BLOCK_M + S + 1 programs covers
+every split); a last virtual sequence covers the padding tail [qsl[S], T), whose rows
+get zeros. Keys j < kv_len = min(position + 1, seq_len) are read through
+``block_tables``, one entry per page; a block id outside [0, num_blocks) (or a column
+past the table) is redirected to block 0, and a token row that reads such a key is
+counted once (the first bad page is found once per program, before the key loop).
+Key tiles below every row's kv_len run unmasked; the diagonal / ragged ones are masked.
+The softmax scale (times log2 e) is folded into Q and the softmax runs on exp2.
 """
 
 from __future__ import annotations
@@ -25,6 +30,24 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
+def _kv_slots(bt_row, start, MB, num_blocks, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_N] int64 cache slots of keys start.. : one block-table entry per page, a
+    page id outside [0, num_blocks) (or a column past the table) redirected to block 0."""
+    if BLOCK_N >= BLOCK_SIZE:
+        col = start // BLOCK_SIZE + tl.arange(0, BLOCK_N // BLOCK_SIZE)
+        bt = tl.load(bt_row + col, mask=col < MB, other=0)
+        page = tl.where((bt >= 0) & (bt < num_blocks), bt, 0).to(tl.int64) * BLOCK_SIZE
+        slot = page[:, None] + tl.arange(0, BLOCK_SIZE)[None, :]
+        slot = tl.reshape(slot, [BLOCK_N])
+    else:  # the tile lies inside one page (start is a multiple of BLOCK_N)
+        col = start // BLOCK_SIZE
+        bt = tl.load(bt_row + col, mask=col < MB, other=0)
+        page = tl.where((bt >= 0) & (bt < num_blocks), bt, 0).to(tl.int64) * BLOCK_SIZE
+        slot = page + (start % BLOCK_SIZE) + tl.arange(0, BLOCK_N)
+    return slot
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr,  # [T, H, D]
     k_cache_ptr,  # [num_blocks * block_size, HKV, D]
@@ -39,7 +62,7 @@ def _paged_attention_kernel(
     S,
     MB,
     num_blocks,
-    scale,
+    qk_scale,  # softmax scale * log2(e): folded into Q, the softmax runs on exp2
     H: tl.constexpr,
     HKV: tl.constexpr,
     D: tl.constexpr,
@@ -50,72 +73,110 @@ def _paged_attention_kernel(
     BLOCK_S: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    G: tl.constexpr = H // HKV  # query heads per KV head: packed into one tile's rows
     pid = tl.program_id(0)
-    h = tl.program_id(1)
-    hkv = h // (H // HKV)
+    hkv = tl.program_id(1)
     d = tl.arange(0, D)
-    # this program's sequence: the last s in [0, S] whose first query block is <= pid
+    # tile rows are (token, head of the group) pairs, f = token * G + g: sequence s owns
+    # f in [qsl[s] * G, qsl[s + 1] * G), and its first tile is qsl[s] * G // BLOCK_M + s
     sidx = tl.arange(0, BLOCK_S)
     starts = tl.load(qsl_ptr + sidx, mask=sidx <= S, other=2147483647)
-    first_block = tl.where(sidx <= S, starts // BLOCK_M + sidx, 2147483647)
+    first_block = tl.where(sidx <= S, (starts * G) // BLOCK_M + sidx, 2147483647)
     seq = tl.sum((first_block <= pid).to(tl.int32), 0) - 1
     q_start = tl.sum(tl.where(sidx == seq, starts, 0), 0)
     q_end = tl.where(seq < S, tl.sum(tl.where(sidx == seq + 1, starts, 0), 0), T)
-    rows = q_start + (pid - (q_start // BLOCK_M + seq)) * BLOCK_M + tl.arange(0, BLOCK_M)
-    in_tile = (rows < q_end) & (rows < T) & (rows >= 0)
-    real = in_tile & ((rows * 0 + seq) < S)  # as a vector: the interpreter wants a bool tensor
+    f = q_start * G + (pid - ((q_start * G) // BLOCK_M + seq)) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tok = f // G
+    head = hkv * G + f % G
+    in_tile = (tok < q_end) & (tok < T) & (tok >= 0) & (f >= q_start * G)
+    real = in_tile & ((tok * 0 + seq) < S)  # as a vector: the interpreter wants a bool tensor
     seq_safe = tl.where(seq < S, seq, 0)
     seq_len = tl.where(seq < S, tl.load(seq_lens_ptr + seq_safe), 0)  # S >= 1: always in range
-    pos = tl.load(positions_ptr + rows, mask=real, other=0).to(tl.int32)
+    pos = tl.load(positions_ptr + tok, mask=real, other=0).to(tl.int32)
     kv_len = tl.where(real, tl.minimum(pos + 1, seq_len), 0)  # causal, never past the sequence
+    bt_row = block_tables_ptr + seq_safe.to(tl.int64) * MB
+    if HAS_ERR:
+        # a row is bad when it reads a key whose page is bad: find the first bad page once
+        kv_max = tl.max(kv_len, 0)
+        ncols = tl.where(kv_max > 0, (kv_max - 1) // BLOCK_SIZE + 1, 0)  # no overflow
+        first_bad = tl.where(ncols > MB, MB, 2147483647)  # columns past the table are bad
+        for c0 in range(0, tl.minimum(ncols, MB), 64):
+            c = c0 + tl.arange(0, 64)
+            b = tl.load(bt_row + c, mask=(c < ncols) & (c < MB), other=0)
+            isbad = (c < ncols) & (c < MB) & ((b < 0) | (b >= num_blocks))
+            first_bad = tl.minimum(first_bad, tl.min(tl.where(isbad, c, 2147483647), 0))
+        bad = real & (kv_len > 0) & ((kv_len - 1) // BLOCK_SIZE >= first_bad)
+        count_bad_rows(err_ptr, bad & (head == 0), tok)  # each token once: head 0's row
 
-    q = tl.load(
-        q_ptr + (rows.to(tl.int64) * H + h)[:, None] * D + d[None, :], mask=real[:, None], other=0.0
-    )
+    kv_len = tl.where(num_blocks > 0, kv_len, 0)  # no block 0 to redirect to: read nothing
+    kv_max = tl.max(kv_len, 0)
+    # keys below every real row's kv_len need no mask: whole tiles of them run unmasked
+    kv_min = tl.min(tl.where(real, kv_len, 2147483647), 0)
+    unmasked = (tl.minimum(kv_min, kv_max) // BLOCK_N) * BLOCK_N
+    row_off = (tok.to(tl.int64) * H + head)[:, None] * D + d[None, :]
+    q = tl.load(q_ptr + row_off, mask=real[:, None], other=0.0)
+    q = (q.to(tl.float32) * qk_scale).to(q_ptr.dtype.element_ty)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    bad = tl.zeros([BLOCK_M], tl.int32)
-    bt_row = block_tables_ptr + seq_safe.to(tl.int64) * MB
-    for start in range(0, tl.max(kv_len, 0), BLOCK_N):
-        j = start + tl.arange(0, BLOCK_N)
-        col = j // BLOCK_SIZE
-        col_ok = col < MB
-        j_live = j < seq_len
-        bt = tl.load(bt_row + col, mask=j_live & col_ok, other=0)
-        blk_ok = (bt >= 0) & (bt < num_blocks) & col_ok
-        slot = tl.where(blk_ok, bt, 0).to(tl.int64) * BLOCK_SIZE + j % BLOCK_SIZE
+    # full tiles: every row sees every key, nothing to mask and every max is finite
+    for start in range(0, unmasked, BLOCK_N):
+        slot = _kv_slots(bt_row, start, MB, num_blocks, BLOCK_SIZE, BLOCK_N)
         kv_off = (slot * HKV + hkv)[:, None] * D + d[None, :]  # [N, D]
+        k = tl.load(k_cache_ptr + kv_off)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        v = tl.load(v_cache_ptr + kv_off)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    # the diagonal and ragged tiles: keys j < kv_len of each row
+    for start in range(unmasked, kv_max, BLOCK_N):
+        j = start + tl.arange(0, BLOCK_N)
+        j_live = j < seq_len
+        slot = _kv_slots(bt_row, start, MB, num_blocks, BLOCK_SIZE, BLOCK_N)
+        kv_off = (slot * HKV + hkv)[:, None] * D + d[None, :]
         k = tl.load(k_cache_ptr + kv_off, mask=j_live[:, None], other=0.0)
         live = j[None, :] < kv_len[:, None]  # [M, N]
-        bad |= tl.max((live & ~blk_ok[None, :]).to(tl.int32), 1)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         s = tl.where(live, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe[:, None])
         v = tl.load(v_cache_ptr + kv_off, mask=j_live[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(
-        out_ptr + (rows.to(tl.int64) * H + h)[:, None] * D + d[None, :],
-        out.to(out_ptr.dtype.element_ty),
-        mask=in_tile[:, None],
-    )
-    if HAS_ERR:
-        count_bad_rows(err_ptr, (bad > 0) & (h == 0), rows)
+    tl.store(out_ptr + row_off, out.to(out_ptr.dtype.element_ty), mask=in_tile[:, None])
 
 
-def _tiles(D: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps); the compile gate checks none of them spills."""
+def _tiles(T: int, S: int, G: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages); the compile gate checks none spills.
+
+    BLOCK_M counts (token, query head) rows: the G heads that share a KV head are packed
+    into one tile, so K/V is read once per group. The longest query is a device value
+    the launcher cannot read without a sync (a CUDA graph forbids one): the choice is by
+    the host-known bucket T and sequence capacity S, through the rows an average
+    sequence slot brings, T * G / S. Long chunks take 64 x 64 tiles on one warpgroup
+    (4 warps, 16 whole rows each: no row statistic crosses warps), which sm_90 runs on
+    wgmma; short ones keep small tiles. 128 x 64 on 8 warps is wgmma too but spills on
+    sm_80 (255 registers: 40 B at D = 64, 168 B at D = 128), and one launch config
+    serves both archs in the compile gate.
+    """
     if rt.gpu_tiles():
         if dtype == torch.float32:  # exact fp32 dots run on FMA units: small tiles
-            return (16, 16, 4) if D <= 128 else (16, 16, 8)
-        return (32, 32, 4) if D <= 128 else (16, 32, 4)
-    return 64, 64, 4  # the interpreter pays per program: fewer, larger tiles
+            return (16, 16, 4, 2) if D <= 128 else (16, 16, 8, 2)
+        rows = T * G // S
+        if D > 128:
+            return 16, 32, 4, 2
+        if rows >= 64:
+            return 64, 64, 4, 3
+        return 32, 32, 4, 2
+    return 64, 64, 4, 1  # the interpreter pays per program: fewer, larger tiles
 
 
 def paged_attention(
@@ -191,8 +252,8 @@ def paged_attention(
     if rt.use_native(qt):
         native.paged_attention(qt, kc, vc, bt, qsl, sl, pos, block_size, scale, out_t, err)
         return out
-    bm, bn, warps = _tiles(D, qt.dtype)
-    grid = (T // bm + S + 1, H)
+    bm, bn, warps, stages = _tiles(T, S, H // HKV, D, qt.dtype)
+    grid = ((T * (H // HKV)) // bm + S + 1, HKV)
     with rt.launch_stream(q), rt.quiet_interpreter():
         _paged_attention_kernel[grid](
             qt,
@@ -208,7 +269,7 @@ def paged_attention(
             S,
             bt.shape[1],
             kc.shape[0] // block_size,
-            scale,
+            scale * 1.4426950408889634,  # log2(e): the kernel runs exp2
             H=H,
             HKV=HKV,
             D=D,
@@ -219,6 +280,7 @@ def paged_attention(
             BLOCK_S=rt.next_pow2(S + 1),
             PRECISION="ieee" if qt.dtype == torch.float32 else "tf32",
             num_warps=warps,
+            num_stages=stages,
             maxnreg=255,  # an explicit cap: without one ptxas may pick ~60 registers and spill
         )
     return out

@@ -192,13 +192,17 @@ def _attention_calls():
     presets |= {(h, hkv, d, dt) for h, hkv, d, *_ in REAL_SHAPES.values() for dt in REAL_DTYPES}
     spread = {(8, 2, D, dt) for D in (16, 32, 64, 128, 256) for dt in ("float32", "bfloat16")}
     spread.add((8, 8, 128, "float16"))
-    runs = [(shape, 16, 16, True) for shape in sorted(spread | presets)]
+    runs = [(shape, 16, 16, True, 64) for shape in sorted(spread | presets)]
     # the sequence capacity, block size and counter branches, at the presets' shapes
-    variants = ((64, 16, True), (16, 64, False))
+    variants = ((64, 16, True, 64), (16, 64, False, 64))
     runs += [(shape, *v) for shape in sorted(presets) for v in variants]
-    for (H, HKV, D, dtype), S, block_size, err in runs:
+    # long prefill chunks (T=1024 over 8 sequences) take the large, wgmma-shaped tiles:
+    # every model shape once, and the block-size / counter branches at one shape
+    runs += [(shape, 8, 16, True, 1024) for shape in sorted(presets | spread)]
+    runs += [((32, 8, 128, "bfloat16"), 8, bs, False, 1024) for bs in (64, 128)]
+    for (H, HKV, D, dtype), S, block_size, err, T in runs:
         dt = getattr(torch, dtype)
-        T, slots = 64, 64 * block_size
+        slots = 64 * block_size
         paged_attention(
             torch.zeros(T, H, D, dtype=dt),
             torch.zeros(slots, HKV, D, dtype=dt),

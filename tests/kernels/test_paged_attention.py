@@ -115,3 +115,80 @@ def test_out_is_checked_before_anything_is_written(make_out, match):
             t(q), t(kc), t(vc), t(d.block_tables), t(d.query_start_loc), t(d.seq_lens),
             t(d.positions), d.block_size, 0.25, out=make_out(q),
         )  # fmt: skip
+
+
+# ---- long prefill chunks: the GQA-packed, wgmma-shaped tiles ---------------------------
+def test_long_chunks_take_row_owning_wgmma_tiles(monkeypatch):
+    from graphbatch.kernels.paged_attention import _tiles
+
+    monkeypatch.setenv("GRAPHBATCH_GPU_TILES", "1")
+    # 8 x 4096 tokens: Llama-3.1-8B (4 heads a group, D 128), SmolLM2 (3, D 64)
+    assert _tiles(32768, 8, 4, 128, torch.bfloat16) == (64, 64, 4, 3)
+    assert _tiles(32768, 8, 3, 64, torch.bfloat16) == (64, 64, 4, 3)
+    assert _tiles(64, 16, 4, 128, torch.bfloat16) == (32, 32, 4, 2)  # short chunks
+    assert _tiles(32768, 8, 4, 128, torch.float32)[:2] == (16, 16)  # fp32: FMA units
+
+
+def long_case(H, HKV, D, block_size, seqs, dtype=torch.float16, seed=0):
+    """Sequences (context, new tokens) with shuffled blocks and a spare -1 column."""
+    g = torch.Generator().manual_seed(seed)
+    lens = [c + n for c, n in seqs]
+    MB = max(-(-n // block_size) for n in lens) + 1
+    num_blocks = sum(-(-n // block_size) for n in lens) + 1
+    perm, bt = torch.randperm(num_blocks, generator=g), torch.full((len(seqs), MB), -1)
+    used = 0
+    for s, n in enumerate(lens):
+        nb = -(-n // block_size)
+        bt[s, :nb], used = perm[used : used + nb], used + nb
+    qsl = torch.tensor([0] + np.cumsum([n for _, n in seqs]).tolist(), dtype=torch.int32)
+    pos = torch.cat([torch.arange(c, c + n) for c, n in seqs]).long()
+    T, slots = int(qsl[-1]), num_blocks * block_size
+
+    def rand(*shape):
+        return torch.randn(shape, generator=g).to(dtype)
+
+    return [
+        rand(T, H, D), rand(slots, HKV, D), rand(slots, HKV, D), bt.int(), qsl,
+        torch.tensor(lens, dtype=torch.int32), pos, block_size, D**-0.5,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "H,HKV,D,block_size",
+    [(8, 2, 64, 16), (6, 2, 128, 4), (3, 1, 64, 128)],  # reshaped pages; one page a tile
+)
+def test_long_chunk_tiles_match_native(monkeypatch, device, H, HKV, D, block_size):
+    # fp16: Triton 3.9's interpreter computes fp16 dots right (bf16 wrongly); the tiles
+    # are the long-chunk ones (T * G / S >= 64), full tiles and diagonal ones both run
+    from graphbatch.kernels import native
+
+    monkeypatch.setenv("GRAPHBATCH_GPU_TILES", "1")
+    args = long_case(H, HKV, D, block_size, [(70, 60), (0, 90), (130, 3)])
+    col = 2 if block_size < 64 else 1
+    args[3][0, col] = 10**6  # sequence 0's keys col*block_size.. are bad: redirected, counted
+    exp = torch.zeros_like(args[0])
+    exp_err = new_error_counter()
+    native.paged_attention(*args, exp, exp_err)
+    err = new_error_counter(device)
+    dev = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    got = paged_attention(*dev, error_counter=err).cpu()
+    assert err.cpu().tolist() == exp_err.tolist() and exp_err[0] > 0
+    bad = torch.zeros(args[0].shape[0], dtype=torch.bool)
+    bad[:60] = args[6][:60] >= col * block_size
+    assert exp_err.tolist() == [int(bad.sum()), int(bad.nonzero()[0])]
+    torch.testing.assert_close(got[~bad].float(), exp[~bad].float(), atol=2e-3, rtol=0)
+    assert torch.isfinite(got).all()
+
+
+def test_empty_cache_counts_rows_and_reads_nothing(device):
+    from graphbatch.kernels import native
+
+    args = long_case(4, 2, 16, 4, [(3, 2), (0, 1)], dtype=torch.float32)
+    args[1], args[2] = args[1][:0], args[2][:0]  # no block at all: block 0 does not exist
+    exp, exp_err = torch.full_like(args[0], 7.0), new_error_counter()
+    native.paged_attention(*args, exp, exp_err)
+    err = new_error_counter(device)
+    dev = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    got = paged_attention(*dev, error_counter=err).cpu()
+    assert err.cpu().tolist() == exp_err.tolist() == [3, 0]
+    assert not got.any() and not exp.any()

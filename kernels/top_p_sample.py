@@ -14,10 +14,15 @@ searches narrow an interval of keys with NUM_PIVOTS pivots per pass over the
 vocabulary (half split the keys evenly, half split the values, the first top-p round
 crowded towards the max): first the k-th largest key by count (carrying the kept mass
 with it), then the top-p key by mass inside the top-k set. A search stops once its
-interval holds one token or one key. The last pass draws by Gumbel-max over the kept
-tokens, Philox keyed on (seed, offset, token). Every pass keeps per-thread partials
-across its tile loop and reduces them once (memory-bound passes, see
-``benchmarks/sampler_cost.py``). No host sync, no data-dependent shapes.
+interval holds one token or one key. A search pass compares values with the pivots
+as floats (same order as the keys) and uses the 0/1 result twice: count += ge,
+mass += e * ge. The last pass draws by Gumbel-max over the kept tokens, Philox keyed
+on (seed, offset, token): randint4x(seed, offset) is the row's Philox key, the counter
+is token // 4 and token's word is token % 4 (one Philox call serves 4 tokens; a
+changed stream from the one-call-per-token kernel, same keying), scored in base 2
+with lg2.approx on a GPU. Every pass keeps per-thread partials across its tile loop
+and reduces them once (see ``benchmarks/sampler_cost.py``). No host sync, no
+data-dependent shapes.
 """
 
 from __future__ import annotations
@@ -66,6 +71,17 @@ def _key_value(k):
 
 
 @triton.jit
+def _log2(x, FAST: tl.constexpr):
+    # lg2.approx (one MUFU op, ~2^-22 relative error) on a GPU; the interpreter runs no PTX
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
 def _search(row_ptrs, rmask, V, m, inv_t, v_floor, lo, hi, mlo, clo, chi, target, kk,
             ROWS: tl.constexpr, BLOCK: tl.constexpr, NUM_PIVOTS: tl.constexpr,
             MAX_ROUNDS: tl.constexpr, SKEW: tl.constexpr):  # fmt: skip
@@ -79,6 +95,7 @@ def _search(row_ptrs, rmask, V, m, inv_t, v_floor, lo, hi, mlo, clo, chi, target
     offs = tl.arange(0, BLOCK)
     HALF: tl.constexpr = NUM_PIVOTS // 2
     j = tl.arange(0, NUM_PIVOTS)
+    a2 = inv_t * 1.4426950408889634  # exp((x - m) / T) = exp2((x - m) * a2)
     rounds = tl.zeros([], tl.int32)  # a tensor from the start: loop-carried types must not change
     active = (hi - lo > 1) & (clo - chi > 1)
     while (tl.max(active.to(tl.int32), 0) > 0) & (rounds < MAX_ROUNDS):
@@ -104,19 +121,23 @@ def _search(row_ptrs, rmask, V, m, inv_t, v_floor, lo, hi, mlo, clo, chi, target
         piv = tl.minimum(tl.maximum(piv, lo[:, None] + 1), hi[:, None] - 1)
         piv32 = piv.to(tl.int32)
         # per-thread partials across the whole row: one block reduction per pass
+        # compared as floats (same order as the keys: pivots lie between real values'
+        # keys, so none is a NaN; x has no -0.0); the 0/1 compare result scales the
+        # mass (one FFMA) and is the count (one FADD, exact below 2^24 per lane)
+        pivf = _key_value(piv32)
         mass_acc = tl.zeros([ROWS, NUM_PIVOTS, BLOCK], tl.float32)
-        cnt_acc = tl.zeros([ROWS, NUM_PIVOTS, BLOCK], tl.int32)
+        cnt_acc = tl.zeros([ROWS, NUM_PIVOTS, BLOCK], tl.float32)
         for start in range(0, V, BLOCK):
             idx = start + offs
             x, mask, nan_seen = _load_rows(row_ptrs, rmask, idx, V)
-            # masked and NaN lanes read -inf: the lowest key, below every pivot (> kmin)
-            key = _order_key(x)
-            e = tl.exp((x - m[:, None]) * inv_t[:, None])
-            ge = key[:, None, :] >= piv32[:, :, None]
-            mass_acc += tl.where(ge, e[:, None, :], 0.0)
-            cnt_acc += ge.to(tl.int32)
+            # masked and NaN lanes read -inf: below every pivot (pivots > kmin); e is
+            # exp((x - m) / T) as the other passes compute it, in base 2: FADD + FMUL
+            e = tl.exp2((x - m[:, None]) * a2[:, None])
+            ge = (x[:, None, :] >= pivf[:, :, None]).to(tl.float32)
+            mass_acc += e[:, None, :] * ge
+            cnt_acc += ge
         mass = tl.sum(mass_acc, 2)
-        cnt = tl.sum(cnt_acc, 2)
+        cnt = tl.sum(cnt_acc.to(tl.int32), 2)
         ok = (mass >= target[:, None]) | (cnt >= kk[:, None])
         moved = tl.max(ok.to(tl.int32), 1) > 0
         failed = tl.min(ok.to(tl.int32), 1) == 0
@@ -157,6 +178,7 @@ def _top_p_sample_kernel(
     BLOCK: tl.constexpr,
     NUM_PIVOTS: tl.constexpr,
     MAX_ROUNDS: tl.constexpr,
+    FAST_LOG2: tl.constexpr,
 ):
     # ROWS rows per program: 1 on a GPU; many under the interpreter, which pays per op.
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -241,28 +263,47 @@ def _top_p_sample_kernel(
     else:
         log_min_p = tl.full([ROWS], float("-inf"), tl.float32)
 
-    # sampling pass: Gumbel-max over kept tokens, Philox keyed on (seed, offset, token);
-    # per-lane best score and token, combined once after the loop
+    # sampling pass: Gumbel-max over kept tokens. Philox is keyed on (seed, offset) per
+    # row (randint4x of them is the Philox key) and counts token // 4: one Philox call
+    # gives four words, word token % 4 is token's uniform. The tile is [BLOCK, 4]
+    # tokens, a group of 4 in one thread. Scores in base 2 with fast log2s:
+    # logit + Gumbel = logit - ln(-ln u) = ln 2 (logit log2 e - log2(-log2 u)) - ln ln 2,
+    # so logit log2 e - log2(-log2 u) has the same argmax.
     seed = tl.load(seeds_ptr + rows, mask=valid, other=0)
     r0, r1, r2, r3 = tl.randint4x(seed, tl.load(offsets_ptr + rows, mask=valid, other=0))
     row_seed = ((r0.to(tl.uint64) << 32) | r1.to(tl.uint64))[:, None]
-    lo32 = lo.to(tl.int32)
-    best_l = tl.full([ROWS, BLOCK], float("-inf"), tl.float32)
-    pick_l = tl.zeros([ROWS, BLOCK], tl.int32)
-    for start in range(0, V, BLOCK):
-        idx = start + offs
-        xs, smask, snan = _load_rows(row_ptrs, sample[:, None], idx, V)
-        logit = (xs - m[:, None]) * inv_t[:, None]
-        keep = (_order_key(xs) >= lo32[:, None]) & (xs > float("-inf"))
-        keep = keep & (logit >= log_min_p[:, None])
-        u = tl.rand(row_seed, idx[None, :] + tl.zeros([ROWS, BLOCK], tl.int32))
-        g = -tl.log(-tl.log(u))
-        score = tl.where(keep, logit + g, float("-inf"))
+    lo_f = _key_value(lo.to(tl.int32))  # a real value's key (kmin or a pivot): not NaN
+    a2 = inv_t * 1.4426950408889634
+    G: tl.constexpr = BLOCK  # groups of 4 tokens a tile: 4 x BLOCK tokens, 4 a thread
+    grp = tl.arange(0, G)
+    sub = tl.arange(0, 4)
+    best_l = tl.full([ROWS, G, 4], float("-inf"), tl.float32)
+    pick_l = tl.zeros([ROWS, G, 4], tl.int32)
+    for start in range(0, V, 4 * BLOCK):
+        idx = start + 4 * grp[:, None] + sub[None, :]  # [G, 4]
+        dmask = sample[:, None, None] & (idx[None, :, :] < V)
+        # sampled rows hold no NaN; -0.0 compares equal to +0.0 as floats
+        xs = tl.load(row_ptrs[:, :, None] + idx[None, :, :], mask=dmask, other=float("-inf"))
+        xs = xs.to(tl.float32)
+        keep = (xs >= lo_f[:, None, None]) & (xs > float("-inf"))
+        if HAS_MIN_P:
+            logit = (xs - m[:, None, None]) * inv_t[:, None, None]
+            keep = keep & (logit >= log_min_p[:, None, None])
+        ctr = (start // 4 + grp)[None, :] + tl.zeros([ROWS, G], tl.int32)
+        w0, w1, w2, w3 = tl.randint4x(row_seed, ctr)
+        w = tl.where(
+            sub[None, None, :] < 2,
+            tl.where(sub[None, None, :] == 0, w0[:, :, None], w1[:, :, None]),
+            tl.where(sub[None, None, :] == 2, w2[:, :, None], w3[:, :, None]),
+        )
+        u = tl.random.uint_to_uniform_float(w)  # [0, 1); 0 scores -inf
+        logit2 = (xs - m[:, None, None]) * a2[:, None, None]  # logit x log2 e
+        score = tl.where(keep, logit2 - _log2(-_log2(u, FAST_LOG2), FAST_LOG2), float("-inf"))
         up = score > best_l  # strict: each lane keeps its first best token
-        pick_l = tl.where(up, idx[None, :], pick_l)
+        pick_l = tl.where(up, idx[None, :, :], pick_l)
         best_l = tl.maximum(best_l, score)
-    best = tl.max(best_l, 1)
-    pick = tl.min(tl.where(best_l == best[:, None], pick_l, V), 1)
+    best = tl.max(tl.max(best_l, 2), 1)
+    pick = tl.min(tl.min(tl.where(best_l == best[:, None, None], pick_l, V), 2), 1)
     pick = tl.where(best > float("-inf"), pick, arg)
     token = tl.where(sample, pick, arg)  # greedy and bad rows keep the argmax
     if LOGPROBS:
@@ -436,6 +477,7 @@ def top_p_sample(
             BLOCK=block,
             NUM_PIVOTS=NUM_PIVOTS,
             MAX_ROUNDS=MAX_ROUNDS,
+            FAST_LOG2=not rt.interpreting(),
             num_warps=8,
             # ptxas's sm_80 heuristic otherwise caps some variants at 64 registers and
             # spills; 128 still fits two 256-thread programs per SM (the compile gate checks)

@@ -42,11 +42,11 @@ import importlib
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from _sass import innermost_loop_bodies  # noqa: E402  (a sibling script module)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMS = 132
@@ -156,8 +156,6 @@ def compile_arch(fn, args, kwargs, arch: int) -> dict:
 
 
 # ---- the key-tile loops in sm_90 SASS ------------------------------------------------
-_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
-_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 _WIDTH = {"128": 512, "64": 256}
 _HGMMA = re.compile(r"HGMMA\.(\d+)x(\d+)x(\d+)")
 
@@ -189,41 +187,9 @@ def _hgmma(op: str) -> tuple[int, int]:
 
 def sass_loops(cubin: bytes, cuobjdump: str, warps: int) -> list[dict]:
     """Innermost loops in address order with per-iteration, per-program figures."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run(
-            [cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True
-        ).stdout
-    insns, labels, pending = [], {}, []
-    for line in text.splitlines():
-        m = _LABEL.match(line)
-        if m:
-            pending.append(m.group(1))
-            continue
-        m = _INSN.search(line)
-        if m:
-            addr = int(m.group(1), 16)
-            for lab in pending:
-                labels[lab] = addr
-            pending = []
-            insns.append((addr, m.group(2)))
-    loops = []
-    for addr, op in insns:
-        b = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\((\.L_x_\d+)\)|(0x[0-9a-f]+))", op)
-        if not b:
-            continue
-        dest = labels.get(b.group(1), addr + 1) if b.group(1) else int(b.group(2), 16)
-        if dest < addr:
-            loops.append((dest, addr))
-    inner = [
-        (s, e) for s, e in loops if not any((s, e) != (s2, e2) and s <= s2 and e2 <= e
-                                            for s2, e2 in loops)
-    ]  # fmt: skip
     groups = max(1, warps // 4)
     out = []
-    for s, e in sorted(set(inner)):
-        body = [op for a, op in insns if s <= a <= e and not op.startswith("NOP")]
+    for body in innermost_loop_bodies(cubin, cuobjdump):
         hmma = sum("HMMA" in op for op in body)
         hg = [_hgmma(op) for op in body if "HGMMA" in op]
         ffma = sum(re.search(r"\bFFMA\b", op) is not None for op in body)

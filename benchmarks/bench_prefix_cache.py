@@ -1,5 +1,5 @@
 """Prefix caching on the prefill instance: the same workloads with and without the cache,
-in one run, through the real scheduler, executor (tiny model) and serving loop.
+in one run, through ``PrefillEngine`` (tiny model) fed by ``graphbatch run``'s chat driver.
 
 Workloads: the embedded chat workload of ``graphbatch run`` (8 sessions x 3 rounds) and
 one shaped like the seed report (78 multi-round sessions, 39 in flight), with shorter
@@ -16,11 +16,10 @@ import math
 from dataclasses import replace
 
 import numpy as np
-from graphbatch.executor import GraphExecutor
+from graphbatch.cli.chat_driver import ChatDriver, ChatStats
 from graphbatch.models import TinyDecoder, preset
-from graphbatch.scheduler import PrefillScheduler, SchedulerConfig
 from graphbatch.scheduler.workload import ChatWorkload, chat_sessions
-from graphbatch.serving import RunStats, ServingLoop
+from graphbatch.serving import EngineConfig, PrefillEngine
 
 WORKLOADS = {
     "chat (make run)": (ChatWorkload(num_sessions=8, rounds=3), 8),
@@ -31,28 +30,31 @@ WORKLOADS = {
 }
 
 
-def serve(workload: ChatWorkload, concurrency: int, caching: bool, backend: str) -> RunStats:
+def serve(workload: ChatWorkload, concurrency: int, caching: bool, backend: str) -> ChatStats:
     model = preset("tiny")
-    cfg = SchedulerConfig(
+    cfg = EngineConfig(
+        model="tiny",
+        backend=backend,
+        transfer="none",
         max_num_seqs=16,
         max_num_batched_tokens=256,
         block_size=16,
         num_kv_blocks=concurrency * math.ceil(workload.max_prompt_len / 16) + 1,
         max_model_len=workload.max_prompt_len,
-        vocab_size=model.vocab_size,
         enable_prefix_caching=caching,
         max_num_requests=max(64, 2 * concurrency),
     )
-    ex = GraphExecutor(TinyDecoder(model), cfg, backend=backend)
     sessions = chat_sessions(replace(workload, vocab_size=model.vocab_size))
-    return ServingLoop(PrefillScheduler(cfg), ex, sessions, concurrency).run()
+    with PrefillEngine(cfg, model=TinyDecoder(model)) as engine:
+        return ChatDriver(engine, sessions, concurrency).run()
 
 
-def row(name: str, s: RunStats) -> str:
+def row(name: str, s: ChatStats) -> str:
     ms = np.array(s.ttft_s) * 1e3
+    e = s.engine
     return (
-        f"{name:<22} {100 * s.prefix_hit_rate:>6.1f}% {s.computed_tokens:>9} {s.prompt_tokens:>8} "
-        f"{s.steps:>6} {ms.mean():>10.0f} {np.percentile(ms, 90):>10.0f} {s.wall_s:>8.1f}"
+        f"{name:<22} {100 * e.prefix_hit_rate:>6.1f}% {e.computed_tokens:>9} {e.prompt_tokens:>8} "
+        f"{e.steps:>6} {ms.mean():>10.0f} {np.percentile(ms, 90):>10.0f} {s.wall_s:>8.1f}"
     )
 
 
@@ -72,7 +74,8 @@ def main() -> None:
         ttft = lambda s: float(np.mean(s.ttft_s))  # noqa: E731
         p90 = lambda s: float(np.percentile(s.ttft_s, 90))  # noqa: E731
         print(
-            f"{'  on / off':<22} computed {on.computed_tokens / off.computed_tokens:.2f}x, "
+            f"{'  on / off':<22} "
+            f"computed {on.engine.computed_tokens / off.engine.computed_tokens:.2f}x, "
             f"steps {on.steps / off.steps:.2f}x, TTFT mean {ttft(on) / ttft(off):.2f}x, "
             f"P90 {p90(on) / p90(off):.2f}x, time {on.wall_s / off.wall_s:.2f}x"
         )

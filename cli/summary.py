@@ -8,9 +8,15 @@ import numpy as np
 from graphbatch.executor import GraphExecutor
 from graphbatch.kernels._runtime import CPU_KERNELS_ENV, cpu_kernels, kernel_path
 from graphbatch.scheduler.workload import Turn
-from graphbatch.serving import RunStats, percentile
+from graphbatch.serving import EngineStats, PrefillEngine
+
+from .chat_driver import ChatStats
 
 SHOWN_REQUESTS = 4  # requests whose message and first token the run prints
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 def _ms(xs: list[float], q: float | None = None) -> float | None:
@@ -28,7 +34,7 @@ def kernels_used(ex: GraphExecutor) -> str:
     return f"{path} ({CPU_KERNELS_ENV}={cpu_kernels()})"
 
 
-def request_details(sessions: list[list[Turn]], stats: RunStats) -> list[dict[str, Any]]:
+def request_details(sessions: list[list[Turn]], stats: ChatStats) -> list[dict[str, Any]]:
     """Per planned request: its prompt ids, its user message and its first token."""
     return [
         {
@@ -43,40 +49,42 @@ def request_details(sessions: list[list[Turn]], stats: RunStats) -> list[dict[st
 
 
 def summarize(
-    stats: RunStats, ex: GraphExecutor, args, peak: str, total: int, sessions: list[list[Turn]]
+    stats: ChatStats, engine: PrefillEngine, peak: str, total: int, sessions: list[list[Turn]]
 ) -> dict[str, Any]:
     ms = [t * 1e3 for t in stats.ttft_s]
     lat, dttft = stats.transfer_latency_s, stats.decode_ttft_s
+    ex, cfg = engine.executor, engine.config
+    es: EngineStats = stats.engine if stats.engine is not None else engine.stats()
     return {
         "backend": ex.backend.name,
         "device": ex.backend.device,
         "kernels": kernels_used(ex),
-        "model": args.model,
+        "model": cfg.model,
         "model_detail": repr(ex.model),
         "cuda_graphs": ex.use_cuda_graph,
         "requests": stats.requests,
         "requests_failed": len(stats.failed),
         "requests_planned": total,
-        "prompt_tokens": stats.prompt_tokens,
-        "computed_tokens": stats.computed_tokens,
-        "prefix_cache": not args.no_prefix_cache,
-        "prefix_hit_rate": round(stats.prefix_hit_rate, 4),
-        "steps": stats.steps,
+        "prompt_tokens": es.prompt_tokens,
+        "computed_tokens": es.computed_tokens,
+        "prefix_cache": cfg.enable_prefix_caching,
+        "prefix_hit_rate": round(es.prefix_hit_rate, 4),
+        "steps": es.steps,
         "time_s": round(stats.wall_s, 3),
-        "tokens_per_s": round(stats.prompt_tokens / stats.wall_s, 1) if stats.wall_s else 0.0,
+        "tokens_per_s": round(es.prompt_tokens / stats.wall_s, 1) if stats.wall_s else 0.0,
         "ttft_ms_mean": round(sum(ms) / len(ms), 2) if ms else None,
         "ttft_ms_p50": round(percentile(ms, 50), 2) if ms else None,
         "ttft_ms_p90": round(percentile(ms, 90), 2) if ms else None,
-        "padding_waste_pct": round(100 * stats.padding_waste, 2),
+        "padding_waste_pct": round(100 * es.padding_waste, 2),
         "first_token_logprob_mean": (
             round(float(np.mean(stats.first_token_logprobs)), 4)
             if stats.first_token_logprobs
             else None
         ),
-        "transfer": args.transfer,
-        "transfer_verified": bool(args.transfer == "nixl" and args.verify_transfer),
-        "transfer_bytes": stats.transfer_bytes,
-        "transfer_gbps": round(stats.transfer_gbps, 4),
+        "transfer": cfg.transfer,
+        "transfer_verified": bool(cfg.transfer == "nixl" and cfg.verify_transfer),
+        "transfer_bytes": es.kv_bytes_sent,
+        "transfer_gbps": round(es.transfer_gbps, 4),
         "transfer_ms_p50": _ms(lat, 50),
         "transfer_ms_p90": _ms(lat, 90),
         "decode_ttft_ms_mean": _ms(dttft),
@@ -138,7 +146,7 @@ def _transfer_row(summary: dict[str, Any]) -> str:
     )
 
 
-def print_first_tokens(sessions: list[list[Turn]], stats: RunStats, tokenizer: Any) -> None:
+def print_first_tokens(sessions: list[list[Turn]], stats: ChatStats, tokenizer: Any) -> None:
     """A few requests' last user message and the first token the model answered."""
     if tokenizer is None:
         return

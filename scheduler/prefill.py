@@ -73,13 +73,11 @@ class PrefillScheduler:
         Raises ValueError for a bad request and SchedulerFull when blocks or
         sequence slots are short; in both cases nothing changes.
         """
-        prompt = self._check_request(req)
+        prompt = self.check_request(req)
+        if req.request_id in self._seqs:
+            raise ValueError(f"request {req.request_id!r}: duplicate request_id")
         cfg = self.config
-        need, usable = self.blocks.blocks_needed(prompt.shape[0]), cfg.num_kv_blocks - 1
-        if need > usable:  # not "full": it could never be admitted
-            raise ValueError(
-                f"request {req.request_id!r}: needs {need} KV blocks, the cache has {usable}"
-            )
+        need = self.blocks.blocks_needed(prompt.shape[0])
         if len(self._seqs) >= cfg.max_num_requests:
             raise SchedulerFull(
                 f"request {req.request_id!r}: all {cfg.max_num_requests} request slots are in use"
@@ -110,21 +108,26 @@ class PrefillScheduler:
         self._prompt_tokens += seq.prompt_len
         self._cached_tokens += seq.num_cached
 
-    def _check_request(self, req: Request) -> np.ndarray:
+    def check_request(self, req: Request) -> np.ndarray:
+        """The request's prompt as int64, if this scheduler could ever admit it (an empty
+        one); TypeError / ValueError naming the request and what is wrong otherwise.
+        Reads only the config: callable from any thread, changes nothing."""
         if not isinstance(req, Request):
             raise TypeError(f"expected a Request, got {type(req).__name__}")
         rid = req.request_id
         if not isinstance(rid, str) or not rid:
             raise ValueError(f"request_id must be a non-empty str, got {rid!r}")
-        if rid in self._seqs:
-            raise ValueError(f"request {rid!r}: duplicate request_id")
         if not isinstance(req.sampling, SamplingParams):
             raise ValueError(f"request {rid!r}: sampling must be SamplingParams")
         problems = req.sampling.problems()
         if problems:
             raise ValueError(f"request {rid!r}: sampling.{problems[0]}")
         cfg = self.config
-        return check_prompt(rid, req.prompt_token_ids, cfg.max_model_len, cfg.vocab_size)
+        prompt = check_prompt(rid, req.prompt_token_ids, cfg.max_model_len, cfg.vocab_size)
+        need, usable = self.blocks.blocks_needed(prompt.shape[0]), cfg.num_kv_blocks - 1
+        if need > usable:  # not "full": it could never be admitted
+            raise ValueError(f"request {rid!r}: needs {need} KV blocks, the cache has {usable}")
+        return prompt
 
     # ---- stepping --------------------------------------------------------
     def schedule(self) -> BatchDescriptor | None:

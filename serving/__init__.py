@@ -1,6 +1,25 @@
-"""The prefill instance's serving loop: scheduler, executor and KV transfer together."""
+"""The prefill instance an engine embeds: ``PrefillEngine`` (add / step / abort) over the
+scheduler, the executor and the KV transfer, configured by one ``EngineConfig``."""
 
-from .loop import ServingLoop
-from .stats import RunStats, percentile
+from graphbatch.scheduler import SamplingParams
 
-__all__ = ["RunStats", "ServingLoop", "percentile"]
+from .config import ConfigError, EngineConfig
+from .engine import PrefillEngine
+from .metrics import EngineStats, Histogram, prometheus_registry
+from .outputs import ABORTED, FAILED, PREFILLED, SENT, STATUSES, RequestOutput
+
+__all__ = [
+    "ABORTED",
+    "FAILED",
+    "PREFILLED",
+    "SENT",
+    "STATUSES",
+    "ConfigError",
+    "EngineConfig",
+    "EngineStats",
+    "Histogram",
+    "PrefillEngine",
+    "RequestOutput",
+    "SamplingParams",
+    "prometheus_registry",
+]

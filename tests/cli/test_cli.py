@@ -147,9 +147,9 @@ def test_an_unreachable_receiver_fails_the_run_with_the_address(capsys):
 
 
 def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch):
-    from graphbatch.serving import ServingLoop
+    from graphbatch.serving import PrefillEngine
 
-    step = ServingLoop._step
+    step = PrefillEngine.step
     calls = []
 
     def interrupted_step(self):  # the 4th step is where the user presses Ctrl-C
@@ -158,7 +158,7 @@ def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch)
             raise KeyboardInterrupt
         return step(self)
 
-    monkeypatch.setattr(ServingLoop, "_step", interrupted_step)
+    monkeypatch.setattr(PrefillEngine, "step", interrupted_step)
     argv = ["run", "--model", "tiny", "--backend", "torch", "--requests", "6", "--rounds", "2"]
     argv += ["--budget", "64"]
     assert main([*argv, "--concurrency", "3", "--quiet"]) == 130
@@ -166,14 +166,21 @@ def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch)
     assert "interrupted:" in out and "TTFT mean" in out and len(calls) == 4
 
 
-@pytest.mark.parametrize("where", ["load_model", "GraphExecutor", "_start_transfer"])
-def test_ctrl_c_before_serving_exits_130_without_a_traceback(capsys, monkeypatch, where):
-    from graphbatch.cli import run_cmd
+@pytest.mark.parametrize(
+    ("module", "where"),
+    [
+        ("graphbatch.cli.run_cmd", "load_model"),
+        ("graphbatch.serving.engine", "GraphExecutor"),
+        ("graphbatch.serving.engine", "open_sender"),
+    ],
+)
+def test_ctrl_c_before_serving_exits_130_without_a_traceback(capsys, monkeypatch, module, where):
+    import importlib
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_cmd, where, interrupted)
+    monkeypatch.setattr(importlib.import_module(module), where, interrupted)
     assert main(["run", "--model", "tiny", "--backend", "torch", "--quiet"]) == 130
     err = capsys.readouterr().err
     assert "interrupted before serving started" in err and "Traceback" not in err
@@ -193,3 +200,40 @@ def test_a_broken_executor_import_says_why(capsys, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", broken)
     assert main(["run"]) == 2
     assert "libtorch_cuda.so" in capsys.readouterr().err
+
+
+def test_engine_flags_carry_vllm_names_and_reach_the_engine(tmp_path):
+    import json
+
+    rep = tmp_path / "rep"
+    argv = ["run", "--model", "tiny", "--backend", "torch", "--requests", "4", "--rounds", "2"]
+    argv += ["--max-num-batched-tokens", "64", "--block-size", "8", "--cuda-graph-sizes", "16"]
+    argv += ["--long-prefill-token-threshold", "32", "--enforce-eager"]
+    argv += ["--no-enable-prefix-caching", "--transfer", "none", "--quiet", "--report", str(rep)]
+    assert main(argv) == 0
+    summary = json.loads((rep / "summary.json").read_text())
+    assert summary["prefix_cache"] is False and summary["requests"] == 4
+    # chunks of at most 32 tokens per request, buckets from --cuda-graph-sizes + the budget
+    assert set(summary["eager_runs"]) <= {"16", "64"}
+
+
+def test_metrics_port_serves_the_engine_registry(capsys):
+    import contextlib
+    import urllib.request
+
+    pytest.importorskip("prometheus_client")
+    from graphbatch.cli.run_cmd import _serve_metrics
+    from graphbatch.models import TinyDecoder
+    from graphbatch.serving import EngineConfig, PrefillEngine
+
+    from ..executor.helpers import MODEL
+
+    cfg = EngineConfig(model="tiny", backend="torch", transfer="none", max_model_len=128)
+    with PrefillEngine(cfg, model=TinyDecoder(MODEL)) as engine, contextlib.ExitStack() as stack:
+        engine.add_request("a", prompt_token_ids=[1, 2, 3])
+        while engine.has_unfinished():
+            engine.step()
+        assert _serve_metrics(engine, 0, stack) is None
+        url = capsys.readouterr().err.split("metrics: ")[1].split()[0]  # port 0: any free one
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert 'graphbatch_requests_total{status="prefilled"} 1.0' in text

@@ -1,0 +1,420 @@
+"""``PrefillEngine``: the prefill instance an LLM-serving engine embeds.
+
+One step is the P/D protocol in order: admit (requests wait only for KV blocks) ->
+schedule -> announce the requests this step finishes (the decode side allocates
+meanwhile) -> execute -> ``update()`` -> register their blocks and the step's KV
+readiness with the sender -> post writes (they overlap the next step) -> on the decode
+side's ack release the blocks; on any failure abort that request alone.
+
+Threads: ``add_request()`` and ``abort()`` may be called from any thread at any time
+(they take effect at the next ``step()``); ``stats()`` from any thread (scheduler
+figures as of the last step). ``step()``, ``has_unfinished()`` and ``close()`` belong to
+one thread, the engine's loop, and never run concurrently with each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from graphbatch.executor import BoundsError, GraphExecutor
+from graphbatch.profiling import nvtx_range
+from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerFull
+
+from .config import EngineConfig
+from .kv_link import open_sender
+from .metrics import EngineStats, Histogram, empty_requests
+from .outputs import ABORTED, FAILED, PREFILLED, SENT, RequestOutput
+
+log = logging.getLogger("graphbatch.serving")
+
+QUEUED, PREFILLING, TRANSFERRING = "queued", "prefilling", "transferring"
+
+
+@dataclass(eq=False)
+class _Req:
+    """Everything the engine knows about one live request (added, not yet reported)."""
+
+    request: Request
+    arrival: float  # time.perf_counter() at add_request: TTFT counts from here
+    stage: str = QUEUED  # QUEUED (waiting for blocks) -> PREFILLING -> TRANSFERRING
+    cached_tokens: int = 0
+    first_token: int | None = None
+    logprob: float | None = None
+    ttft_s: float | None = None
+    abort_reason: str | None = None
+
+    @property
+    def rid(self) -> str:
+        return self.request.request_id
+
+
+class PrefillEngine:
+    """Prefill requests and hand their KV to the decode side::
+
+        with PrefillEngine(EngineConfig(model="tiny", backend="torch", transfer="none")) as e:
+            e.add_request("r1", prompt_token_ids=[1, 2, 3])
+            while e.has_unfinished():
+                for out in e.step():
+                    print(out.request_id, out.status, out.first_token_id)
+
+    Every added request is reported exactly once by ``step()``: ``sent`` (KV acked by
+    the decode side), ``prefilled`` (no transfer configured), ``failed`` (``error``:
+    non-finite logits, a bounds error, the decode receiver gone or refusing, the
+    transfer deadline) or ``aborted``. ``model`` overrides ``config.model`` with a model
+    already loaded (an ``ExecutorModel``), ``backend`` config.backend / device with a
+    ``graphbatch.executor`` Backend; ``memory_tracker`` (profiling.MemoryTracker)
+    bounds the CUDA graphs' memory.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        model: Any = None,
+        backend: Any = None,
+        memory_tracker: Any = None,
+    ) -> None:
+        config = EngineConfig() if config is None else config
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
+        self.config = config
+        self._lock = threading.Lock()
+        self._live: dict[str, _Req] = {}  # added, not yet reported
+        self._incoming: list[_Req] = []  # added since the last step
+        self._abort_asks: list[tuple[str, str]] = []
+        self._queued: deque[_Req] = deque()  # validated, waiting for KV blocks (FCFS)
+        self._done: list[RequestOutput] = []
+        self._closed = False
+        self._counts = empty_requests()
+        self._ttft, self._decode_ttft, self._transfer = Histogram(), Histogram(), Histogram()
+        self._steps = self._prompt_tokens = self._cached_tokens = 0
+        self._computed_tokens = self._padded_tokens = self._kv_bytes = 0
+        self._busy_s, self._busy_until = 0.0, float("-inf")
+        self._stack = contextlib.ExitStack()
+        try:
+            self._build(model, backend, memory_tracker)
+        except BaseException:
+            self._stack.close()
+            raise
+        self._free_blocks = self.scheduler.stats().free_blocks
+
+    def _build(self, model: Any, backend: Any, memory_tracker: Any) -> None:
+        cfg = self.config
+        if model is None:
+            from graphbatch.models import load_model
+
+            model = load_model(cfg.model, dtype=cfg.dtype, seed=cfg.seed)
+        self.model = model
+        self.tokenizer = getattr(model, "tokenizer", None)
+        sched_cfg = cfg.scheduler_config(model.config.vocab_size)
+        self.scheduler = PrefillScheduler(sched_cfg)
+        self.executor = GraphExecutor(
+            model,
+            sched_cfg,
+            backend=cfg.backend if backend is None else backend,
+            device=cfg.device,
+            use_cuda_graph=not cfg.enforce_eager,
+            memory_tracker=memory_tracker,
+        )
+        self.executor.capture(memory_fraction=0.5 if memory_tracker is not None else None)
+        self.sender = self.local_receiver = None
+        if cfg.transfer == "nixl":
+            memory = self.executor.kv_memory()
+            self.sender, self.local_receiver = open_sender(
+                cfg, memory, sched_cfg.num_kv_blocks, self._stack
+            )
+
+    # ---- any thread ----------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int] | None = None,
+        *,
+        prompt: str | Sequence[Mapping[str, Any]] | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> None:
+        """Queue a request for the next step. ``prompt`` is text, or chat messages
+        rendered by the model's chat template (models with a tokenizer); give it or
+        ``prompt_token_ids``. TypeError / ValueError naming the request and the problem
+        (duplicate id in flight, a token outside the vocabulary, a prompt longer than
+        max_model_len or than the KV cache, bad sampling values); then nothing changed.
+        An id may be used again once its output was reported."""
+        ids = self._prompt_ids(request_id, prompt_token_ids, prompt)
+        req = Request(request_id, ids, SamplingParams() if sampling is None else sampling)
+        # checked, as a copy: the caller's list may change after this returns
+        req.prompt_token_ids = self.scheduler.check_request(req)
+        rec = _Req(req, time.perf_counter())
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if request_id in self._live:
+                raise ValueError(f"request {request_id!r}: duplicate request_id (in flight)")
+            self._live[request_id] = rec
+            self._incoming.append(rec)
+            self._counts["unfinished"] += 1
+
+    def _prompt_ids(self, rid: Any, ids: Any, prompt: Any) -> Any:
+        if not isinstance(rid, str) or not rid:
+            raise ValueError(f"request_id must be a non-empty str, got {rid!r}")
+        if (ids is None) == (prompt is None):
+            raise ValueError(f"request {rid!r}: give exactly one of prompt_token_ids and prompt")
+        if ids is not None:
+            return ids
+        if self.tokenizer is None:
+            raise ValueError(
+                f"request {rid!r}: model {self.config.model!r} has no tokenizer; "
+                "give prompt_token_ids"
+            )
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+            return self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)
+        raise TypeError(
+            f"request {rid!r}: prompt must be a str or a list of chat messages (dicts), "
+            f"got {type(prompt).__name__}"
+        )
+
+    def abort(self, request_id: str, reason: str = "aborted") -> bool:
+        """End a live request at the next step, whatever its state; its blocks come back.
+        True if one was live (its final output follows: ``aborted``, or ``sent`` with
+        ``late_abort`` when its KV write was already posted and the decode side acked
+        it, or ``failed`` if the transfer failed first); False if no live request has
+        this id (never added, or already reported)."""
+        if not isinstance(request_id, str):
+            raise TypeError(f"request_id must be a str, got {type(request_id).__name__}")
+        with self._lock:
+            if request_id not in self._live:
+                return False
+            self._abort_asks.append((request_id, str(reason)))
+            return True
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return EngineStats(
+                requests=dict(self._counts),
+                ttft=self._ttft.copy(),
+                decode_ttft=self._decode_ttft.copy(),
+                transfer_latency=self._transfer.copy(),
+                steps=self._steps,
+                prompt_tokens=self._prompt_tokens,
+                cached_tokens=self._cached_tokens,
+                computed_tokens=self._computed_tokens,
+                padded_tokens=self._padded_tokens,
+                kv_bytes_sent=self._kv_bytes,
+                transfer_busy_s=self._busy_s,
+                free_blocks=self._free_blocks,
+                num_kv_blocks=self.scheduler.config.num_kv_blocks,
+            )
+
+    # ---- the loop's thread -----------------------------------------------------------
+    def has_unfinished(self) -> bool:
+        """Some added request has not been reported yet."""
+        with self._lock:
+            return bool(self._live)
+
+    def step(self) -> list[RequestOutput]:
+        """One step of the protocol; the requests that ended in it (each once)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            incoming, asks = self._incoming, self._abort_asks
+            self._incoming, self._abort_asks = [], []
+        self._queued.extend(incoming)
+        for rid, reason in asks:
+            self._apply_abort(rid, reason)
+        self._collect()
+        self._admit()
+        ran = self._run_batch()
+        if not ran and not self._done and self.sender is not None and self.sender.in_flight:
+            self._collect(wait_s=self.config.idle_wait_s)  # nothing to compute: wait a little
+        free = self.scheduler.stats().free_blocks
+        with self._lock:
+            self._free_blocks = free
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        """Stop the transfer (and a receiver started here); requests not reported yet
+        are dropped. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stack.close()
+
+    def __enter__(self) -> PrefillEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- one step's parts ------------------------------------------------------------
+    def _apply_abort(self, rid: str, reason: str) -> None:
+        rec = self._live.get(rid)
+        if rec is None or rec.abort_reason is not None:
+            return  # ended meanwhile, or already being aborted: the first reason stands
+        rec.abort_reason = reason
+        if rec.stage == QUEUED:
+            self._queued.remove(rec)
+            self._finish(rec, ABORTED, error=reason)
+        elif rec.stage == PREFILLING:
+            self.scheduler.abort(rid)
+            self._finish(rec, ABORTED, error=reason)
+        else:  # its KV is the sender's: KVSender.cancel's rule decides, both sides agree
+            self.sender.cancel(rid, reason)
+
+    def _admit(self) -> None:
+        while self._queued:
+            rec = self._queued[0]
+            try:
+                self.scheduler.add_request(rec.request)
+            except SchedulerFull as e:
+                if self.scheduler.request_ids():
+                    return  # blocks come back as others finish; keep arrival order
+                self._queued.popleft()
+                self._finish(rec, FAILED, error=f"can never be admitted: {e}")
+                continue
+            self._queued.popleft()
+            rec.stage = PREFILLING
+            rec.cached_tokens = self.scheduler.num_cached(rec.rid)
+            with self._lock:
+                self._prompt_tokens += len(rec.request.prompt_token_ids)
+                self._cached_tokens += rec.cached_tokens
+
+    def _run_batch(self) -> bool:
+        with nvtx_range("schedule", color="yellow"):
+            d = self.scheduler.schedule()
+        if d is None:
+            return False
+        announced, refused = self._announce(d)
+        try:
+            out = self.executor.execute(d)
+        except BoundsError as e:  # its requests fail; the step's other results stand
+            for rid in e.request_ids:
+                self._fail_scheduled(rid, f"bounds error: {e}")
+            out = e.output
+        now = time.perf_counter()
+        for rid in out.nonfinite_request_ids:
+            self._fail_scheduled(rid, "non-finite logits: NaN or no finite value")
+        moved = []
+        for rid in self.scheduler.update(d, out.sampled):
+            rec = self._live[rid]
+            rec.first_token, rec.logprob = int(out.token_ids[rid]), float(out.logprobs[rid])
+            rec.ttft_s = now - rec.arrival
+            if rid in refused:  # the decode side can never hold it: it fails alone
+                self._fail_scheduled(rid, f"KV transfer: {refused[rid]}")
+            else:
+                moved.append(rid)
+        if self.sender is None:
+            for rid in moved:
+                self.scheduler.release(rid)
+                self._finish(self._live[rid], PREFILLED)
+        else:
+            for rid in moved:
+                self._live[rid].stage = TRANSFERRING
+            self._register(d.step, moved, announced)
+        with self._lock:
+            self._steps += 1
+            self._computed_tokens += d.num_tokens
+            self._padded_tokens += d.token_capacity
+        return True
+
+    def _announce(self, d) -> tuple[set[str], dict[str, str]]:
+        """Requests whose prompt this step finishes: the decode side allocates their
+        blocks while the step runs. Returns those announced, and those the sender
+        refused (request id -> why; e.g. more blocks than the receiver has)."""
+        announced: set[str] = set()
+        refused: dict[str, str] = {}
+        if self.sender is None:
+            return announced, refused
+        for i in np.flatnonzero(d.sample_mask[: d.num_seqs]):
+            rid = d.request_ids[i]
+            try:
+                self.sender.announce(rid, len(self.scheduler.block_ids(rid)))
+                announced.add(rid)
+            except ValueError as e:  # its descriptor row is live: it fails after the step
+                refused[rid] = str(e)
+        return announced, refused
+
+    def _register(self, step: int, moved: list[str], announced: set[str]) -> None:
+        """Every step registers (an empty list too) and signals its KV readiness."""
+        sched = self.scheduler
+        entries = [(r, sched.block_ids(r), sched.first_token(r)) for r in moved]
+        try:
+            self.sender.register(step, entries)
+        except ValueError as e:  # nothing registered: these fail, the step still joins
+            for rid in moved:
+                self._fail_scheduled(rid, f"KV transfer: {e}")
+            moved = []
+            self.sender.register(step, [])
+        self.sender.ready(step, self.executor.step_event())
+        for rid in announced - set(moved):  # failed before its KV was complete
+            self.sender.withdraw(rid)
+        self._collect()  # post the writes now: they overlap the next step
+
+    def _collect(self, wait_s: float = 0.0) -> None:
+        """The sender's news: acked requests are released and sent, aborted ones fail
+        (or end aborted, if abort() asked)."""
+        if self.sender is None:
+            return
+        with nvtx_range("kv-transfer", color="green"):
+            p = self.sender.wait(wait_s) if wait_s else self.sender.progress()
+        for s in sorted(p.sent, key=lambda s: s.acked_at):
+            rec = self._live[s.request_id]
+            self.scheduler.release(rec.rid)
+            start = s.acked_at - s.write_s
+            with self._lock:  # busy time: acks come in order, so the union grows at its end
+                self._busy_s += s.acked_at - max(start, self._busy_until)
+                self._busy_until = s.acked_at
+            self._finish(rec, SENT, sent=s)
+        for a in p.aborted:  # its blocks are free of NIXL now: the scheduler may reuse them
+            rec = self._live[a.request_id]
+            self.scheduler.abort(rec.rid)
+            if rec.abort_reason is None:
+                self._finish(rec, FAILED, error=f"KV transfer: {a.reason}")
+            else:
+                why = rec.abort_reason
+                self._finish(rec, ABORTED, error=why if a.reason == why else f"{why} ({a.reason})")
+
+    def _fail_scheduled(self, rid: str, reason: str) -> None:
+        """Out of the scheduler (its blocks back) and failed."""
+        self.scheduler.abort(rid)
+        self._finish(self._live[rid], FAILED, error=reason)
+
+    def _finish(self, rec: _Req, status: str, error: str | None = None, sent=None) -> None:
+        if status == FAILED:
+            log.warning("request %r failed: %s", rec.rid, error)
+        keep = status in (SENT, PREFILLED)
+        out = RequestOutput(
+            request_id=rec.rid,
+            status=status,
+            first_token_id=rec.first_token if keep else None,
+            logprob=rec.logprob if keep else None,
+            error=error,
+            prompt_tokens=len(rec.request.prompt_token_ids),
+            cached_tokens=rec.cached_tokens,
+            ttft_s=rec.ttft_s,
+            decode_ttft_s=None if sent is None else sent.acked_at - rec.arrival,
+            transfer_bytes=0 if sent is None else sent.nbytes,
+            transfer_latency_s=None if sent is None else sent.latency_s,
+            late_abort=None if sent is None else sent.late_cancel,
+        )
+        with self._lock:
+            del self._live[rec.rid]
+            self._counts[status] += 1
+            self._counts["unfinished"] -= 1
+            if keep:
+                self._ttft.observe(rec.ttft_s)
+            if sent is not None:
+                self._decode_ttft.observe(out.decode_ttft_s)
+                self._transfer.observe(sent.latency_s)
+                self._kv_bytes += sent.nbytes
+        self._done.append(out)

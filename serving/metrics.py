@@ -117,16 +117,15 @@ class _Collector:
             ("padded_tokens", s.padded_tokens, "token rows executed, padding included"),
             ("kv_bytes_sent", s.kv_bytes_sent, "KV bytes acked by the decode side"),
         )
-        for name, value, what in counters:
-            yield CounterMetricFamily(f"{p}_{name}", what, value)
         gauges = (
             ("prefix_hit_rate", s.prefix_hit_rate, "cached / prompt tokens"),
             ("padding_waste", s.padding_waste, "padding share of executed token rows"),
             ("free_kv_blocks", s.free_blocks, "allocatable KV blocks"),
             ("kv_blocks", s.num_kv_blocks, "KV blocks in the cache"),
         )
-        for name, value, what in gauges:
-            yield GaugeMetricFamily(f"{p}_{name}", what, value)
+        for family, rows in ((CounterMetricFamily, counters), (GaugeMetricFamily, gauges)):
+            for name, value, what in rows:
+                yield family(f"{p}_{name}", what, value)
 
 
 def prometheus_registry(engine: Any, prefix: str = "graphbatch"):

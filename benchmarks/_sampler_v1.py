@@ -15,6 +15,7 @@ import triton.language as tl
 from graphbatch.kernels import _runtime as rt  # noqa: I001  (sets TRITON_INTERPRET first)
 from graphbatch.kernels import native
 from graphbatch.kernels._checked import count_bad_rows
+from graphbatch.kernels.top_p_sample import check_sampling_values
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_ROUNDS = 12  # safety bound; n pivots split the key interval n + 1 ways per round
@@ -214,24 +215,6 @@ def _check_param(name: str, t: torch.Tensor, S: int, dtypes: tuple) -> None:
         raise ValueError(f"{name} must be contiguous")
 
 
-_VALUE_RULES = {
-    "temperature": ("finite and >= 0", lambda v: ~torch.isfinite(v) | (v < 0)),
-    "top_p": ("in (0, 1]", lambda v: ~torch.isfinite(v) | (v <= 0) | (v > 1)),
-    "top_k": (">= 0", lambda v: v < 0),
-    "min_p": ("in [0, 1]", lambda v: ~torch.isfinite(v) | (v < 0) | (v > 1)),
-}
-
-
-def _check_values(params: dict[str, torch.Tensor], num_valid: int) -> None:
-    """Host-side range check of the live rows (reads device values: a sync)."""
-    for name, t in params.items():
-        rule, bad = _VALUE_RULES[name]
-        rows = torch.nonzero(bad(t[:num_valid])).flatten()
-        if rows.numel():
-            r = int(rows[0])
-            raise ValueError(f"{name}[{r}] = {t[r].item()} is out of range (must be {rule})")
-
-
 def _num_valid(num_valid: Any, S: int, device: torch.device, fallback: torch.Tensor):
     """(tensor read by the kernel, int, read-from-pointer flag)."""
     if isinstance(num_valid, bool) or not isinstance(num_valid, int):
@@ -324,7 +307,7 @@ def top_p_sample(
     if check_values:
         n = nv_int if not from_ptr else int(nv_t.item())
         names = ("temperature", "top_p", "top_k", "min_p")
-        _check_values({k: ts[k] for k in names if k in ts}, min(max(n, 0), S))
+        check_sampling_values({k: ts[k] for k in names if k in ts}, min(max(n, 0), S))
     if S == 0:
         return out
     if rt.use_native(lg):

@@ -22,7 +22,8 @@ import secrets
 import time
 
 import numpy as np
-from graphbatch.transfer import KVLayout, KVMemory, KVSender, ReceiverConfig, ReceiverProcess
+from graphbatch.kvcache import KVLayout, KVMemory
+from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess
 from graphbatch.transfer.engine import _nixl_api
 
 KEY = secrets.token_bytes(32)  # the control channel's shared secret for this run

@@ -1,5 +1,7 @@
 """The multi-round chat workload as a client of ``PrefillEngine``: up to ``concurrency``
-sessions in flight; round r+1 of a session is added once round r's output arrived."""
+sessions in flight; round r+1 of a session is added once round r's output arrived. When
+the decode side sent round r's reply back (``decode_tokens``), round r+1's prompt carries
+that reply instead of the scripted one, as in production."""
 
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ class ChatStats:
     cancelled: list[str] = field(default_factory=list)  # aborted (also in failed)
     cancel_too_late: list[str] = field(default_factory=list)  # aborted, yet sent
     first_tokens: dict[str, int] = field(default_factory=dict)  # request id -> token id
+    decoded: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the decode side's
+    prompts: dict[str, list[int]] = field(default_factory=dict)  # as submitted
+    tpot_s: list[float] = field(default_factory=list)  # decode side, per request
     first_token_logprobs: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
     decode_ttft_s: list[float] = field(default_factory=list)
@@ -47,6 +52,10 @@ class ChatStats:
         if out.decode_ttft_s is not None:
             self.decode_ttft_s.append(out.decode_ttft_s)
             self.transfer_latency_s.append(out.transfer_latency_s)
+        if out.decoded_token_ids is not None:
+            self.decoded[rid] = out.decoded_token_ids
+            if out.decoded_token_ids:
+                self.tpot_s.append(out.decode_s / len(out.decoded_token_ids))
         if out.late_abort is not None:
             self.cancel_too_late.append(rid)
 
@@ -74,6 +83,8 @@ class ChatDriver:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.engine = engine
+        self.sessions = sessions  # as planned (the turns themselves are never changed)
+        self.outputs: list[RequestOutput] = []
         self.waiting = deque(deque(s) for s in sessions if s)
         self.active: list[deque[Turn]] = []
         self.concurrency = concurrency
@@ -81,6 +92,7 @@ class ChatDriver:
         self.stats = ChatStats()
         self._used: set[str] = set()  # ids added in this run: each request id once
         self._session_of: dict[str, deque[Turn]] = {}  # in the engine -> its session
+        self._replies: dict[int, dict[int, str]] = {}  # session -> round -> real reply
 
     def run(self) -> ChatStats:
         start = time.perf_counter()
@@ -96,7 +108,10 @@ class ChatDriver:
             self._submit()
             for out in self.engine.step():
                 self.stats.record(out)
-                self._next_round(self._session_of.pop(out.request_id))
+                self.outputs.append(out)
+                session = self._session_of.pop(out.request_id)
+                self._keep_reply(session[0], out)
+                self._next_round(session)
             self.stats.engine = self.engine.stats()
             if self.on_step:
                 self.on_step(self.stats)
@@ -114,9 +129,8 @@ class ChatDriver:
                     if isinstance(rid, str) and rid in self._used:
                         why = "duplicate request_id (used in this run)"
                         raise ValueError(f"request {rid!r}: {why}")
-                    self.engine.add_request(
-                        rid, prompt_token_ids=req.prompt_token_ids, sampling=req.sampling
-                    )
+                    ids = self._prompt(session[0])
+                    self.engine.add_request(rid, prompt_token_ids=ids, sampling=req.sampling)
                 except (TypeError, ValueError) as e:  # a bad request is dropped, never the run
                     log.warning("request %r refused: %s", rid, e)
                     self.stats.fail(rid if isinstance(rid, str) else repr(rid), str(e))
@@ -124,7 +138,30 @@ class ChatDriver:
                     continue
                 self._used.add(rid)
                 self._session_of[rid] = session
+                self.stats.prompts[rid] = list(ids)
                 break
+
+    def _keep_reply(self, turn: Turn, out: RequestOutput) -> None:
+        tok = self.engine.tokenizer
+        if out.decoded_token_ids is None or tok is None or not turn.messages:
+            return
+        text = tok.decode([out.first_token_id, *out.decoded_token_ids], skip_special_tokens=True)
+        self._replies.setdefault(turn.session, {})[turn.round] = text.strip()
+
+    def _prompt(self, turn: Turn):
+        """The turn's prompt ids: rendered again with the decode side's real replies to
+        the earlier rounds, when there are any."""
+        replies = self._replies.get(turn.session)
+        if not replies or not turn.messages:
+            return turn.request.prompt_token_ids
+        msgs, answered = [], 0
+        for m in turn.messages:
+            if m["role"] == "assistant":
+                m = {**m, "content": replies.get(answered, m["content"])}
+                answered += 1
+            msgs.append(m)
+        ids = self.engine.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
+        return ids[-self.engine.config.limits()[2] :]  # cut from the left, as the workload does
 
     def _submitted(self, session: deque[Turn]) -> bool:
         rid = session[0].request.request_id

@@ -21,6 +21,18 @@ def add_parser(sub) -> None:
     p.add_argument("--num-blocks", type=int, default=4096, help="this cache's KV blocks")
     p.add_argument("--verify", action="store_true", help="check every request's checksum")
     p.add_argument(
+        "--decode-tokens", type=int, default=0, metavar="N",
+        help="continue every received request N tokens with --model and send them back "
+        "(0: keep the KV only)",
+    )  # fmt: skip
+    p.add_argument("--backend", choices=["torch", "paddle"], default="torch",
+                   help="the decoder's framework (with --decode-tokens)")  # fmt: skip
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="the model's dtype: the prefill side's")  # fmt: skip
+    p.add_argument(
+        "--seed", type=int, default=0, help="the presets' weight seed (the prefill side's)"
+    )
+    p.add_argument(
         "--auth-key-file", metavar="PATH", default=None,
         help="the secret senders must prove they hold (default: $GRAPHBATCH_AUTH_KEY); "
         "'run --receiver' takes the same file",
@@ -77,13 +89,19 @@ def receive(args: argparse.Namespace) -> int:
         host, port = parse_address(args.listen)
         if not 1 <= args.block_size <= 1024 or not 1 <= args.num_blocks <= 1 << 24:
             raise ValueError("--block-size must be in [1, 1024], --num-blocks in [1, 2**24]")
+        if not 0 <= args.decode_tokens <= 1 << 16:
+            raise ValueError(f"--decode-tokens must be in [0, 65536], got {args.decode_tokens}")
         key = key_for_cli(args.auth_key_file, args.insecure_no_auth)
-        layout = load_model(args.model).config.kv_layout(args.block_size)
+        model = load_model(args.model, dtype=args.dtype, seed=args.seed)
+        layout = model.config.kv_layout(args.block_size)
         check_memory(layout.num_tensors * layout.block_bytes, args.num_blocks)
         cfg = ReceiverConfig(
             layout, args.num_blocks, host, port, verify=args.verify,
             auth_key=key, allow_unauthenticated=args.insecure_no_auth,
+            decode_tokens=args.decode_tokens, model=args.model, dtype=args.dtype,
+            model_seed=args.seed, backend=args.backend, block_size=args.block_size,
         )  # fmt: skip
+        del model  # the decoder loads its own, bound to its cache
     except (ValueError, FileNotFoundError) as e:
         print(f"graphbatch receive: {e}", file=sys.stderr)
         return 2

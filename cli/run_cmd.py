@@ -13,13 +13,14 @@ import sys
 from graphbatch.executor import BackendUnavailable, get_backend
 from graphbatch.models import load_model
 from graphbatch.profiling import MemoryTracker, cuda_profiler_window
+from graphbatch.scheduler import SamplingParams
 from graphbatch.scheduler.chat_text import text_chat_sessions
-from graphbatch.scheduler.workload import ChatWorkload, chat_sessions
+from graphbatch.scheduler.workload import ChatWorkload, Turn, chat_sessions
 from graphbatch.serving import EngineConfig, PrefillEngine
 
 from .chat_driver import ChatDriver, ChatStats
 from .engine_flags import add_engine_options, config_from_args
-from .summary import print_first_tokens, print_table, summarize
+from .summary import print_first_tokens, print_table, print_verification, summarize
 
 MAX_REQUESTS = 100_000  # the workload is built up front: bound its memory
 INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (128 + SIGINT)
@@ -34,6 +35,19 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "--report", metavar="DIR", default=None, help="write summary.json and PNG plots into DIR"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        metavar="T",
+        help="every request samples at T (0: greedy) instead of the workload's mix",
+    )
+    p.add_argument(
+        "--verify-decode",
+        action="store_true",
+        help="recompute every greedy request's continuation here (same model, no transfer, "
+        "no prefix cache) and compare it with the decode side's, token for token",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -70,6 +84,10 @@ def check_args(args: argparse.Namespace) -> str | None:
     for flag, (value, lo, hi) in ranges.items():
         if value is not None and not lo <= value <= hi:
             return f"{flag} must be in [{lo}, {hi}], got {value}"
+    if args.temperature is not None and not 0 <= args.temperature <= 100:
+        return f"--temperature must be in [0, 100], got {args.temperature}"
+    if args.verify_decode and not getattr(args, "engine_decode_tokens", 0):
+        return "--verify-decode needs --decode-tokens N (the decode side's continuation)"
     if args.report is not None:
         import os
         import tempfile
@@ -89,7 +107,7 @@ def check_args(args: argparse.Namespace) -> str | None:
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     """The flags' EngineConfig; unless --num-kv-blocks is given, the KV cache holds
     --concurrency sessions' prompts of max_model_len (the workload's peak)."""
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, decode_margins=bool(args.verify_decode))
     if cfg.num_kv_blocks is None:
         max_len = cfg.limits()[2]
         blocks = args.concurrency * math.ceil(max_len / cfg.block_size) + 1
@@ -113,12 +131,27 @@ def chat_workload(cfg: EngineConfig, args: argparse.Namespace, vocab_size: int) 
     )
 
 
-def _sessions(model, workload: ChatWorkload):
-    """Text chat rendered by the model's own template, or token ids for the presets."""
+def _sessions(model, workload: ChatWorkload, temperature: float | None = None):
+    """Text chat rendered by the model's own template, or token ids for the presets;
+    ``temperature`` replaces every request's (0: greedy)."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
-        return chat_sessions(workload)
-    return text_chat_sessions(tokenizer, workload)
+        sessions = chat_sessions(workload)
+    else:
+        sessions = text_chat_sessions(tokenizer, workload)
+    if temperature is None:
+        return sessions
+    return [[_at_temperature(t, temperature) for t in turns] for turns in sessions]
+
+
+def _at_temperature(turn: Turn, t: float) -> Turn:
+    s = turn.request.sampling
+    if t == 0:
+        sampling = SamplingParams(temperature=0.0, seed=s.seed)
+    else:
+        sampling = dataclasses.replace(s, temperature=t)
+    request = dataclasses.replace(turn.request, sampling=sampling)
+    return dataclasses.replace(turn, request=request)
 
 
 class Progress:
@@ -183,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     tracker, reason = MemoryTracker.create(_cuda_index(backend))
     if tracker is not None and not backend.is_cuda:
         tracker, reason = None, f"the {backend.name} backend runs on the CPU"
-    sessions = _sessions(model, workload)
+    sessions = _sessions(model, workload, args.temperature)
     total = sum(len(s) for s in sessions)
     with contextlib.ExitStack() as stack:
         timeline = stack.enter_context(tracker.track(0.02)) if tracker else None
@@ -218,11 +251,14 @@ def _run(args: argparse.Namespace) -> int:
         )
     else:
         peak = f"unavailable ({reason})"
-    summary = summarize(stats, engine, peak, total, sessions)
+    verified = _verify(args, cfg, driver, stats) if not interrupted else None
+    summary = summarize(stats, engine, peak, total, sessions, verified)
     if interrupted:
         print(f"interrupted: {stats.requests} of {total} requests finished before Ctrl-C")
     print_table(summary)
     print_first_tokens(sessions, stats, engine.tokenizer)
+    if verified is not None:
+        print_verification(verified)
     if args.report:
         from graphbatch.profiling.report import write_report
 
@@ -230,7 +266,21 @@ def _run(args: argparse.Namespace) -> int:
         print("report: " + ", ".join(str(p) for p in paths))
     if interrupted:
         return INTERRUPTED
-    return 0 if not stats.failed else 1
+    return 0 if not stats.failed and not (verified and verified[1]) else 1
+
+
+def _verify(args, cfg: EngineConfig, driver: ChatDriver, stats: ChatStats):
+    """(checked, mismatches) with --verify-decode, else None."""
+    if not args.verify_decode:
+        return None
+    from graphbatch.serving.verify import verify_decode
+
+    greedy = {
+        t.request.request_id: t.request.sampling.temperature == 0
+        for turns in driver.sessions
+        for t in turns
+    }
+    return verify_decode(cfg, driver.outputs, stats.prompts, greedy)
 
 
 def _serve_metrics(engine: PrefillEngine, port: int, stack: contextlib.ExitStack) -> str | None:

@@ -35,21 +35,34 @@ def kernels_used(ex: GraphExecutor) -> str:
 
 
 def request_details(sessions: list[list[Turn]], stats: ChatStats) -> list[dict[str, Any]]:
-    """Per planned request: its prompt ids, its user message and its first token."""
-    return [
-        {
-            "request_id": t.request.request_id,
-            "user_message": t.text,
-            "prompt_token_ids": list(t.request.prompt_token_ids),
-            "first_token_id": stats.first_tokens.get(t.request.request_id),
-        }
-        for turns in sessions
-        for t in turns
-    ]
+    """Per planned request: its prompt ids (as submitted: with the decode side's earlier
+    replies in it), user message, temperature, first token and the decode side's
+    continuation."""
+    out = []
+    for turns in sessions:
+        for t in turns:
+            rid = t.request.request_id
+            decoded = stats.decoded.get(rid)
+            out.append(
+                {
+                    "request_id": rid,
+                    "user_message": t.text,
+                    "prompt_token_ids": stats.prompts.get(rid, list(t.request.prompt_token_ids)),
+                    "temperature": t.request.sampling.temperature,
+                    "first_token_id": stats.first_tokens.get(rid),
+                    "decoded_token_ids": None if decoded is None else list(decoded),
+                }
+            )
+    return out
 
 
 def summarize(
-    stats: ChatStats, engine: PrefillEngine, peak: str, total: int, sessions: list[list[Turn]]
+    stats: ChatStats,
+    engine: PrefillEngine,
+    peak: str,
+    total: int,
+    sessions: list[list[Turn]],
+    verified: tuple[int, list] | None = None,
 ) -> dict[str, Any]:
     ms = [t * 1e3 for t in stats.ttft_s]
     lat, dttft = stats.transfer_latency_s, stats.decode_ttft_s
@@ -90,6 +103,16 @@ def summarize(
         "decode_ttft_ms_mean": _ms(dttft),
         "decode_ttft_ms_p50": _ms(dttft, 50),
         "decode_ttft_ms_p90": _ms(dttft, 90),
+        "decode_tokens": cfg.decode_tokens,
+        "decoded_tokens": es.decoded_tokens,
+        "decode_tokens_per_s": round(es.decode_tokens_per_s, 1),
+        "tpot_ms_mean": _ms(stats.tpot_s),
+        "tpot_ms_p50": _ms(stats.tpot_s, 50),
+        "tpot_ms_p90": _ms(stats.tpot_s, 90),
+        "decode_verified": None
+        if verified is None
+        else f"{verified[0] - len(verified[1])}/{verified[0]}",
+        "decode_mismatches": None if verified is None else [str(m) for m in verified[1]],
         "graph_replays": {str(k): v for k, v in sorted(ex.replays.items())},
         "eager_runs": {str(k): v for k, v in sorted(ex.eager_runs.items())},
         "graph_memory_bytes": {str(k): v for k, v in sorted(ex.graph_memory.items())},
@@ -126,6 +149,7 @@ def print_table(summary: dict[str, Any]) -> None:
             if summary["transfer"] == "nixl"
             else "n/a (--transfer none)",
         ),
+        ("decode side", _decode_row(summary)),
         ("padding waste", f"{summary['padding_waste_pct']} %"),
         ("first-token logprob mean", summary["first_token_logprob_mean"]),
         ("graph replays per bucket", summary["graph_replays"] or "none (eager)"),
@@ -146,15 +170,37 @@ def _transfer_row(summary: dict[str, Any]) -> str:
     )
 
 
+def _decode_row(summary: dict[str, Any]) -> str:
+    if not summary["decode_tokens"]:
+        return "off (--decode-tokens 0: the decode side keeps the KV only)"
+    return (
+        f"{summary['decoded_tokens']} tokens ({summary['decode_tokens']} per request) at "
+        f"{summary['decode_tokens_per_s']} tokens/s, TPOT mean / P50 / P90 "
+        f"{summary['tpot_ms_mean']} / {summary['tpot_ms_p50']} / {summary['tpot_ms_p90']} ms"
+    )
+
+
 def print_first_tokens(sessions: list[list[Turn]], stats: ChatStats, tokenizer: Any) -> None:
-    """A few requests' last user message and the first token the model answered."""
+    """A few requests' last user message and the reply: the first token, and the decode
+    side's continuation when there is one."""
     if tokenizer is None:
         return
     shown = [t for turns in sessions for t in turns if t.request.request_id in stats.first_tokens]
     step = max(1, len(shown) // SHOWN_REQUESTS)
-    print("first tokens:")
+    print("replies (first token + decode side):" if stats.decoded else "first tokens:")
     for t in shown[::step][:SHOWN_REQUESTS]:
         rid = t.request.request_id
         msg = t.text if len(t.text) <= 60 else t.text[:57] + "..."
-        token = tokenizer.decode([stats.first_tokens[rid]])
-        print(f"  {rid:>8}  {msg!r} -> {token!r}")
+        ids = [stats.first_tokens[rid], *stats.decoded.get(rid, ())]
+        reply = tokenizer.decode(ids, skip_special_tokens=bool(stats.decoded))
+        print(f"  {rid:>8}  {msg!r} -> {reply!r}")
+
+
+def print_verification(verified: tuple[int, list]) -> None:
+    checked, mismatches = verified
+    if not mismatches:
+        print(f"decode verified: {checked}/{checked} identical")
+        return
+    print(f"decode verified: {checked - len(mismatches)}/{checked} identical; mismatches:")
+    for m in mismatches:
+        print(f"  {m}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from graphbatch.scheduler import BatchDescriptor
-from graphbatch.scheduler.descriptor import TOKEN_FIELDS
+from graphbatch.scheduler.fields import TOKEN_FIELDS
 
 # Checks whose kernel reports token rows (the attention kernel checks block tables).
 _TOKEN_ROW_CHECKS = set(TOKEN_FIELDS) | {"block_tables"}

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 from graphbatch.kernels._runtime import to_torch
+from graphbatch.kvcache import KVLayout, KVMemory
 from graphbatch.scheduler import SchedulerConfig
-from graphbatch.transfer.layout import KVLayout, KVMemory
 
 
 def kv_memory(caches: list[Any], config: SchedulerConfig) -> KVMemory:

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 from graphbatch.scheduler import BatchDescriptor, DescriptorError, SchedulerConfig
-from graphbatch.scheduler.config import DUMMY_BLOCK
-from graphbatch.scheduler.descriptor import FIELD_DTYPES, PAD_VALUES, TOKEN_FIELDS
+from graphbatch.scheduler.fields import FIELDS, Axis
 
 from .backends import Backend
 
@@ -51,15 +50,9 @@ class StaticBuffers:
     def __init__(self, backend: Backend, config: SchedulerConfig) -> None:
         self.backend, self.config = backend, config
         T, S, MB = config.max_num_batched_tokens, config.max_num_seqs, config.max_blocks_per_seq
-        shapes = {name: ((T,) if name in TOKEN_FIELDS else (S,)) for name in FIELD_DTYPES}
-        shapes.update(
-            query_start_loc=(S + 1,),
-            block_tables=(S, MB),
-            offsets=(S,),
-            num_valid=(1,),
-            errors=(len(CHECKS), 2),
-        )
-        dtypes = {**FIELD_DTYPES, **EXTRA_DTYPES}
+        shapes = {f.name: f.axis.shape(T, S, MB) for f in FIELDS}
+        shapes.update(offsets=(S,), num_valid=(1,), errors=(len(CHECKS), 2))
+        dtypes = {**{f.name: f.dtype for f in FIELDS}, **EXTRA_DTYPES}
         offsets, total = {}, 0
         for name, shape in shapes.items():
             offsets[name] = total
@@ -85,12 +78,8 @@ class StaticBuffers:
 
     def _stage_padding(self, num_tokens: int = 0) -> None:
         h = self.host
-        for name in FIELD_DTYPES:
-            if name != "query_start_loc":
-                h[name][...] = PAD_VALUES[name]
-        bs = self.config.block_size
-        h["slot_mapping"][:] = DUMMY_BLOCK * bs + np.arange(h["slot_mapping"].shape[0]) % bs
-        h["query_start_loc"][:] = num_tokens
+        for f in FIELDS:
+            f.fill_padding(h[f.name], self.config.block_size, num_tokens)
         h["offsets"][:] = 0
         h["num_valid"][:] = 0
 
@@ -110,16 +99,13 @@ class StaticBuffers:
                 f"token capacity {T} exceeds max_num_batched_tokens {cfg.max_num_batched_tokens}",
             )
         self._stage_padding(d.num_tokens)
-        for name in FIELD_DTYPES:
-            src, dst = getattr(d, name), h[name]
-            if name in TOKEN_FIELDS:
-                if src.shape != (T,):
-                    raise DescriptorError(name, 0, f"shape {src.shape} != ({T},)")
-                dst[:T] = src
-            else:
-                if src.shape != dst.shape:
-                    raise DescriptorError(name, 0, f"shape {src.shape} != {dst.shape}")
-                dst[...] = src
+        for f in FIELDS:
+            src, dst = getattr(d, f.name), h[f.name]
+            if f.axis is Axis.TOKENS:  # the bucket's rows; the rest stay padding
+                dst = dst[:T]
+            if src.shape != dst.shape:
+                raise DescriptorError(f.name, 0, f"shape {src.shape} != {dst.shape}")
+            dst[...] = src
         h["offsets"][:] = d.seq_lens  # RNG offset: the position of the sampled token
         h["num_valid"][0] = d.num_seqs
         self._flush()

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
+from graphbatch.sampling import RULE_OF_FIELD
 
 from . import _runtime as rt  # noqa: I001  (sets TRITON_INTERPRET before triton loads)
 from . import native
@@ -335,22 +336,17 @@ def _check_param(name: str, t: torch.Tensor, S: int, dtypes: tuple) -> None:
         raise ValueError(f"{name} must be contiguous")
 
 
-_VALUE_RULES = {
-    "temperature": ("finite and >= 0", lambda v: ~torch.isfinite(v) | (v < 0)),
-    "top_p": ("in (0, 1]", lambda v: ~torch.isfinite(v) | (v <= 0) | (v > 1)),
-    "top_k": (">= 0", lambda v: v < 0),
-    "min_p": ("in [0, 1]", lambda v: ~torch.isfinite(v) | (v < 0) | (v > 1)),
-}
-
-
-def _check_values(params: dict[str, torch.Tensor], num_valid: int) -> None:
-    """Host-side range check of the live rows (reads device values: a sync)."""
+def check_sampling_values(params: dict[str, torch.Tensor], num_valid: int) -> None:
+    """Host-side range check of the live rows of every sampling parameter in ``params``
+    (the rules: ``graphbatch.sampling``); reads device values: a sync."""
     for name, t in params.items():
-        rule, bad = _VALUE_RULES[name]
-        rows = torch.nonzero(bad(t[:num_valid])).flatten()
+        rule = RULE_OF_FIELD[name]
+        rows = torch.nonzero(rule.out_of_range(t[:num_valid])).flatten()
         if rows.numel():
             r = int(rows[0])
-            raise ValueError(f"{name}[{r}] = {t[r].item()} is out of range (must be {rule})")
+            raise ValueError(
+                f"{name}[{r}] = {t[r].item()} is out of range (must be {rule.requirement})"
+            )
 
 
 def _num_valid(num_valid: Any, S: int, device: torch.device, fallback: torch.Tensor):
@@ -394,7 +390,7 @@ def top_p_sample(
     temperature, top_p, top_k : [S] per-row parameters (temperature 0 = greedy, top_k 0
         or >= V = off, top_p 1 = off). Rule: top-k, renormalise, then the smallest
         nucleus reaching top_p (see the module docstring); ties at both thresholds kept.
-    seeds, offsets : [S] int64; Philox is keyed on (seed, offset) per row.
+    seeds, offsets : [S] int64, seeds >= 0; Philox is keyed on (seed, offset) per row.
     num_valid : Python int or a device int32 tensor of one element.
     out : optional [S] int64/int32 output (no allocation then: graph-capturable).
     error_counter : optional int32 [2] (count, first row) bumped for rows with NaN or
@@ -403,8 +399,9 @@ def top_p_sample(
         below min_p x the largest, applied after top-k and top-p.
     logprobs : optional [S] float32 output: log-softmax of the raw logits (temperature
         1, no filter) at the sampled token; NaN for padded and NaN/no-finite rows.
-    check_values : range-check parameter values on the host (a device sync); default:
-        on unless the framework owning ``logits`` is capturing a CUDA graph.
+    check_values : range-check parameter values on the host (a device sync) against
+        ``graphbatch.sampling.SAMPLING_RULES``; default: on unless the framework owning
+        ``logits`` is capturing a CUDA graph.
     Returns ``out`` (same framework as ``logits``).
     """
     lg = rt.to_torch(logits, "logits")
@@ -444,8 +441,8 @@ def top_p_sample(
         check_values = not rt.capturing(logits)
     if check_values:
         n = nv_int if not from_ptr else int(nv_t.item())
-        names = ("temperature", "top_p", "top_k", "min_p")
-        _check_values({k: ts[k] for k in names if k in ts}, min(max(n, 0), S))
+        live = min(max(n, 0), S)
+        check_sampling_values({k: t for k, t in ts.items() if k in RULE_OF_FIELD}, live)
     if S == 0:
         return out
     if rt.use_native(lg):

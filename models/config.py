@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from graphbatch.transfer.layout import KVLayout
+from graphbatch.kvcache import KVLayout
 
 DTYPES = ("float32", "float16", "bfloat16")
 ARCHITECTURES = ("llama", "qwen2", "qwen3")

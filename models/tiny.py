@@ -16,8 +16,8 @@ import numpy as np
 from graphbatch.executor.backends import Backend
 from graphbatch.executor.static_buffers import ModelInputs
 from graphbatch.kernels import gather_slots
+from graphbatch.kvcache import KVLayout
 from graphbatch.scheduler import SchedulerConfig
-from graphbatch.transfer.layout import KVLayout
 
 from .config import check_positive_ints
 from .layers import cached_attention, rms_norm
@@ -110,7 +110,10 @@ class TinyDecoder:
             return backend.cast(backend.from_numpy(arr), c.dtype)
 
         self.embed = w(c.vocab_size, H, scale=1.0)
-        self.pos_embed = w(sched.max_model_len, H, scale=0.1)
+        # its own stream, drawn row by row: position p's row, and every other weight, are
+        # the same whatever max_model_len is (a decode side's cache is longer)
+        pos = np.random.default_rng([c.seed, 1]).standard_normal((sched.max_model_len, H))
+        self.pos_embed = backend.cast(backend.from_numpy((pos * 0.1).astype(np.float32)), c.dtype)
         self.layers = [
             dict(
                 wq=w(H, H),

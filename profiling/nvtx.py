@@ -34,10 +34,6 @@ class nvtx_range(contextlib.ContextDecorator):
             self._range = None
 
 
-def nvtx_available() -> bool:
-    return _nvtx is not None
-
-
 @functools.lru_cache(maxsize=1)
 def _cudart() -> Any:
     try:

@@ -2,7 +2,8 @@
 
 from .block_manager import BlockAccountingError, BlockManager
 from .config import DUMMY_BLOCK, SchedulerConfig, default_token_buckets
-from .descriptor import BatchDescriptor, DescriptorError, StaleDescriptor
+from .descriptor import BatchDescriptor
+from .errors import DescriptorError, StaleDescriptor
 from .prefill import PrefillScheduler, SchedulerFull, SchedulerStats, UnknownRequest
 from .request import Request, SamplingParams
 from .sequence import SeqState

@@ -29,18 +29,11 @@ class BlockManager:
         """Blocks an allocation can take now: never-used ones plus evictable cached ones."""
         return len(self._free) + (self.cache.num_evictable if self.cache else 0)
 
-    @property
-    def num_owned(self) -> int:
-        return sum(1 for r in self._ref if r > 0)
-
     def refcount(self, block: int) -> int:
         return self._ref[block]
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
-
-    def can_allocate(self, num_tokens: int) -> bool:
-        return self.blocks_needed(num_tokens) <= self.num_free
 
     def match(self, prompt: np.ndarray) -> list[int]:
         """Cached blocks of ``prompt``'s longest cached prefix, leaving >= 1 token to
@@ -62,9 +55,6 @@ class BlockManager:
             self._ref[b] += 1
         fresh = [self._take_one() for _ in range(num_new)]
         return cached + fresh
-
-    def allocate(self, num_tokens: int) -> list[int]:
-        return self.admit([], self.blocks_needed(num_tokens))
 
     def _take_one(self) -> int:
         b = self._free.popleft() if self._free else self.cache.pop_lru()

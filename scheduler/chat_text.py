@@ -142,6 +142,6 @@ def text_chat_sessions(tokenizer: ChatTokenizer, w: ChatWorkload) -> list[list[T
             msgs = conversation(system, users, replies, r)
             ids = list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
             req = Request(f"s{s}-r{r}", ids[-w.max_prompt_len :], sampling)
-            turns.append(Turn(s, r, req, text=users[r]))
+            turns.append(Turn(s, r, req, text=users[r], messages=tuple(msgs)))
         sessions.append(turns)
     return sessions

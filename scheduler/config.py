@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from .request import MAX_SEED
+from graphbatch.sampling import MAX_SEED
 
 DUMMY_BLOCK = 0  # reserved KV block: padding tokens write here, never handed to a request
 

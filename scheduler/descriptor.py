@@ -2,61 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from .config import DUMMY_BLOCK
-
-# Dtype of every array field; the executor's static buffers use the same.
-FIELD_DTYPES: dict[str, np.dtype] = {
-    "input_ids": np.dtype(np.int64),
-    "positions": np.dtype(np.int64),
-    "slot_mapping": np.dtype(np.int64),
-    "query_start_loc": np.dtype(np.int32),
-    "seq_lens": np.dtype(np.int32),
-    "context_lens": np.dtype(np.int32),
-    "block_tables": np.dtype(np.int32),
-    "logits_indices": np.dtype(np.int64),
-    "sample_mask": np.dtype(np.bool_),
-    "temperature": np.dtype(np.float32),
-    "top_p": np.dtype(np.float32),
-    "top_k": np.dtype(np.int32),
-    "min_p": np.dtype(np.float32),
-    "seeds": np.dtype(np.int64),
-}
-TOKEN_FIELDS = ("input_ids", "positions", "slot_mapping")
-
-# Values every padding row holds: nothing a kernel reads from them can be out of range.
-PAD_VALUES: dict[str, float | int | bool] = {
-    "input_ids": 0,
-    "positions": 0,
-    "slot_mapping": DUMMY_BLOCK,  # padding slots fall inside the dummy block
-    "seq_lens": 0,
-    "context_lens": 0,
-    "block_tables": DUMMY_BLOCK,
-    "logits_indices": 0,
-    "sample_mask": False,
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": 0,
-    "min_p": 0.0,
-    "seeds": 0,
-}
-
-
-class DescriptorError(ValueError):
-    """A descriptor array holds a value outside its range; names field and row."""
-
-    def __init__(self, field: str, row: int | tuple[int, ...], message: str) -> None:
-        super().__init__(f"{field}[{row}]: {message}")
-        self.field = field
-        self.row = row
-
-
-class StaleDescriptor(ValueError):
-    """The descriptor is not (or no longer) a current step of the scheduler asked."""
+from .errors import DescriptorError as DescriptorError  # re-exported
+from .errors import StaleDescriptor as StaleDescriptor  # re-exported
+from .fields import FIELD_DTYPES as FIELD_DTYPES  # re-exported: views of the field table
+from .fields import FIELDS
+from .fields import PAD_VALUES as PAD_VALUES
+from .fields import TOKEN_FIELDS as TOKEN_FIELDS
+from .validation import out_of_range_rows, validate_descriptor
 
 
 class Origin(Protocol):
@@ -71,23 +29,24 @@ class Origin(Protocol):
 class BatchDescriptor:
     """One prefill step. Token arrays have ``token_capacity`` rows (a capture bucket),
     sequence arrays ``seq_capacity`` rows (max_num_seqs); rows past ``num_tokens`` /
-    ``num_seqs`` are padding holding safe values.
+    ``num_seqs`` are padding holding safe values. Each array's dtype, shape, padding and
+    bound are its entry in ``fields.FIELDS``.
     """
 
-    input_ids: np.ndarray  # [T] int64
-    positions: np.ndarray  # [T] int64
-    slot_mapping: np.ndarray  # [T] int64
-    query_start_loc: np.ndarray  # [S + 1] int32
-    seq_lens: np.ndarray  # [S] int32: tokens in the cache after this step
-    context_lens: np.ndarray  # [S] int32: tokens in the cache before this step
-    block_tables: np.ndarray  # [S, max_blocks_per_seq] int32
-    logits_indices: np.ndarray  # [S] int64: last token of each sequence's chunk
-    sample_mask: np.ndarray  # [S] bool: this step finishes the prompt
-    temperature: np.ndarray  # [S] float32
-    top_p: np.ndarray  # [S] float32
-    top_k: np.ndarray  # [S] int32
-    min_p: np.ndarray  # [S] float32 (0 = off)
-    seeds: np.ndarray  # [S] int64
+    input_ids: np.ndarray
+    positions: np.ndarray
+    slot_mapping: np.ndarray
+    query_start_loc: np.ndarray  # chunk i is tokens [qsl[i], qsl[i + 1])
+    seq_lens: np.ndarray  # tokens in the cache after this step
+    context_lens: np.ndarray  # tokens in the cache before this step
+    block_tables: np.ndarray
+    logits_indices: np.ndarray  # last token of each sequence's chunk
+    sample_mask: np.ndarray  # this step finishes the prompt
+    temperature: np.ndarray
+    top_p: np.ndarray
+    top_k: np.ndarray
+    min_p: np.ndarray  # 0 = off
+    seeds: np.ndarray
     num_tokens: int
     num_seqs: int
     request_ids: tuple[str, ...]
@@ -128,10 +87,6 @@ class BatchDescriptor:
     def seq_capacity(self) -> int:
         return int(self.seq_lens.shape[0])
 
-    @property
-    def padding_tokens(self) -> int:
-        return self.token_capacity - self.num_tokens
-
     def request_of_token(self, row: int) -> str | None:
         """Request id owning token row ``row`` (None for a padding row)."""
         if row >= self.num_tokens:
@@ -144,12 +99,18 @@ class BatchDescriptor:
 
     def validate(self) -> None:
         """Raise DescriptorError naming the first field and row out of range."""
-        from .validation import validate_descriptor
-
         validate_descriptor(self)
 
     def bad_rows(self, field: str) -> list[int]:
         """Rows of ``field`` whose index would be out of range for the kernels."""
-        from .validation import out_of_range_rows
-
         return out_of_range_rows(self, field)
+
+
+def _check_fields_match_table() -> None:
+    arrays = {f.name for f in dataclasses.fields(BatchDescriptor) if f.type == "np.ndarray"}
+    table = {f.name for f in FIELDS}
+    if arrays != table:  # a field added to one but not the other
+        raise TypeError(f"BatchDescriptor arrays and fields.FIELDS differ in {arrays ^ table}")
+
+
+_check_fields_match_table()

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
-
-MAX_SEED = 2**63 - 1
-MAX_TOP_K = 2**31 - 1  # the descriptor stores top_k as int32
-FLOAT32_MAX = 3.4028234663852886e38  # temperature is stored as float32
-MIN_TOP_P = 1.1754943508222875e-38  # smallest normal float32: a smaller top_p rounds to 0
+from graphbatch.sampling import MAX_SEED as MAX_SEED  # re-exported (prefill)
+from graphbatch.sampling import SAMPLING_RULES
 
 
 @dataclass(frozen=True)
@@ -35,29 +31,13 @@ class SamplingParams:
             raise ValueError("; ".join(problems))
 
     def problems(self) -> list[str]:
-        """Every invalid field, as messages naming field and value."""
-        out: list[str] = []
-        numbers = ("temperature", "top_p", "min_p")
-        for name in numbers:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                out.append(f"{name} must be a finite number, got {v!r}")
-        if not out:
-            if not 0 <= self.temperature <= FLOAT32_MAX:
-                out.append(f"temperature must be in [0, {FLOAT32_MAX:.4g}], got {self.temperature}")
-            if not MIN_TOP_P <= self.top_p <= 1:
-                out.append(f"top_p must be in [{MIN_TOP_P:.4g}, 1], got {self.top_p}")
-            if not 0 <= self.min_p <= 1:
-                out.append(f"min_p must be in [0, 1], got {self.min_p}")
-        k = self.top_k
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_TOP_K:
-            out.append(f"top_k must be an int in [0, 2**31 - 1], got {k!r}")
-        seed = self.seed
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
-        ):
-            out.append(f"seed must be None or an int in [0, 2**63), got {seed!r}")
-        return out
+        """Every invalid field, as messages naming field and value (the rules:
+        ``graphbatch.sampling.SAMPLING_RULES``)."""
+        return [p for r in SAMPLING_RULES if (p := r.problem(getattr(self, r.param)))]
+
+
+if {f.name for f in fields(SamplingParams)} != {r.param for r in SAMPLING_RULES}:
+    raise TypeError("SamplingParams fields and graphbatch.sampling.SAMPLING_RULES differ")
 
 
 @dataclass

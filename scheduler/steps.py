@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .descriptor import DescriptorError, StaleDescriptor
+from .errors import DescriptorError, StaleDescriptor
 from .prefix_cache import NOT_CACHED, ROOT, ROOT_KEY, PrefixCache
 from .sequence import Sequence
 

@@ -1,34 +1,28 @@
-"""Range checks for BatchDescriptor: every index of every array."""
+"""Range checks for BatchDescriptor: every index of every array.
+
+Shapes, dtypes and index bounds come from the field table (``fields.FIELDS``), sampling
+values from the sampling rules (``graphbatch.sampling``); the layout checks below are
+the relations between fields.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
+from graphbatch.sampling import SAMPLING_RULES
 
 from .config import DUMMY_BLOCK
-from .descriptor import FIELD_DTYPES, DescriptorError
+from .errors import DescriptorError
+from .fields import FIELD_OF, FIELDS, Axis, token_slots
 
 if TYPE_CHECKING:
     from .descriptor import BatchDescriptor
 
 
-def _index_bounds(d: BatchDescriptor) -> dict[str, tuple[int, int]]:
-    """Half-open [lo, hi) each index field must stay in."""
-    return {
-        "input_ids": (0, d.vocab_size),
-        "positions": (0, d.max_model_len),
-        "slot_mapping": (0, d.num_kv_blocks * d.block_size),
-        "block_tables": (0, d.num_kv_blocks),
-        "logits_indices": (0, d.token_capacity),
-        "seq_lens": (0, d.max_model_len + 1),
-        "context_lens": (0, d.max_model_len),
-        "query_start_loc": (0, d.num_tokens + 1),
-    }
-
-
 def out_of_range_rows(d: BatchDescriptor, field: str) -> list[int]:
-    lo, hi = _index_bounds(d)[field]
+    """Rows of index field ``field`` holding an entry outside its bound."""
+    lo, hi = FIELD_OF[field].bound(d)
     arr = np.asarray(getattr(d, field))
     bad = (arr < lo) | (arr >= hi)
     if arr.ndim > 1:
@@ -37,7 +31,7 @@ def out_of_range_rows(d: BatchDescriptor, field: str) -> list[int]:
 
 
 def _owner(d: BatchDescriptor, field: str, row: int) -> str:
-    if field in ("input_ids", "positions", "slot_mapping"):
+    if FIELD_OF[field].axis is Axis.TOKENS:
         rid = d.request_of_token(row)
     else:
         rid = d.request_of_seq(row) if row < d.seq_capacity else None
@@ -46,16 +40,14 @@ def _owner(d: BatchDescriptor, field: str, row: int) -> str:
 
 def _check_shapes(d: BatchDescriptor) -> None:
     t, s = d.token_capacity, d.seq_capacity
-    expect = {"query_start_loc": (s + 1,), "block_tables": (s, d.block_tables.shape[1])}
-    for name, dtype in FIELD_DTYPES.items():
-        arr = getattr(d, name)
-        if not isinstance(arr, np.ndarray) or arr.dtype != dtype:
-            raise DescriptorError(name, 0, f"must be a numpy {dtype} array")
-        shape = expect.get(
-            name, (t,) if name in ("input_ids", "positions", "slot_mapping") else (s,)
-        )
+    for f in FIELDS:
+        arr = getattr(d, f.name)
+        if not isinstance(arr, np.ndarray) or arr.dtype != f.dtype:
+            raise DescriptorError(f.name, 0, f"must be a numpy {f.dtype} array")
+        # any number of block-table columns (a hand-built descriptor may have more)
+        shape = f.axis.shape(t, s, arr.shape[-1] if arr.ndim else -1)
         if arr.shape != shape:
-            raise DescriptorError(name, 0, f"shape {arr.shape} != expected {shape}")
+            raise DescriptorError(f.name, 0, f"shape {arr.shape} != expected {shape}")
     if not 0 < d.num_tokens <= t:
         raise DescriptorError("num_tokens", 0, f"{d.num_tokens} outside [1, {t}]")
     if not 0 < d.num_seqs <= s or len(d.request_ids) != d.num_seqs:
@@ -85,17 +77,20 @@ def _check_prompt_lens(d: BatchDescriptor) -> None:
 
 
 def _check_ranges(d: BatchDescriptor) -> None:
-    for field, (lo, hi) in _index_bounds(d).items():
-        rows = out_of_range_rows(d, field)
+    for f in FIELDS:
+        if f.bound is None:
+            continue
+        rows = out_of_range_rows(d, f.name)
         if rows:
+            lo, hi = f.bound(d)
             r = rows[0]
-            value = np.asarray(getattr(d, field))[r]
+            value = np.asarray(getattr(d, f.name))[r]
             where: int | tuple[int, int] = r
             if value.ndim:  # a block-table row: name the cell
                 col = int(np.flatnonzero((value < lo) | (value >= hi))[0])
                 where, value = (r, col), value[col]
             raise DescriptorError(
-                field, where, f"{value} outside [{lo}, {hi}) ({_owner(d, field, r)})"
+                f.name, where, f"{value} outside [{lo}, {hi}) ({_owner(d, f.name, r)})"
             )
 
 
@@ -137,8 +132,7 @@ def _check_write_targets(d: BatchDescriptor, lens: np.ndarray) -> None:
         raise DescriptorError(
             "positions", r, f"{pos[r]} != {expect[r]} ({_owner(d, 'positions', r)})"
         )
-    bs = d.block_size
-    slots = d.block_tables[seq, pos // bs].astype(np.int64) * bs + pos % bs
+    slots = token_slots(d.block_tables, seq, pos, d.block_size)
     bad = np.flatnonzero(d.slot_mapping[:t] != slots)
     if bad.size:
         r = int(bad[0])
@@ -194,19 +188,16 @@ def _check_sample_mask(d: BatchDescriptor) -> None:
 
 
 def _check_sampling(d: BatchDescriptor) -> None:
-    checks = {
-        "temperature": ~np.isfinite(d.temperature) | (d.temperature < 0),
-        "top_p": ~np.isfinite(d.top_p) | (d.top_p <= 0) | (d.top_p > 1),
-        "top_k": d.top_k < 0,
-        "min_p": ~np.isfinite(d.min_p) | (d.min_p < 0) | (d.min_p > 1),
-        "seeds": d.seeds < 0,
-    }
-    for field, bad in checks.items():
-        rows = np.flatnonzero(bad)
+    for rule in SAMPLING_RULES:
+        values = getattr(d, rule.field)
+        rows = np.flatnonzero(rule.out_of_range(values))
         if rows.size:
             r = int(rows[0])
             raise DescriptorError(
-                field, r, f"invalid value {getattr(d, field)[r]} ({_owner(d, field, r)})"
+                rule.field,
+                r,
+                f"invalid value {values[r]}: must be {rule.requirement} "
+                f"({_owner(d, rule.field, r)})",
             )
 
 

@@ -38,6 +38,9 @@ class Turn:
     round: int
     request: Request
     text: str = ""  # the round's user message, for a text workload
+    # the conversation the prompt renders (a text workload): a driver that has the
+    # decode side's real replies renders it again with them in place of the scripted ones
+    messages: tuple[dict, ...] = ()
 
 
 def sampling_mix(session: int, seed: int = 0) -> SamplingParams:

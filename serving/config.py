@@ -132,7 +132,16 @@ class EngineConfig:
         default=False,
         metadata=_opt("no key: talk to a receiver that runs with --insecure-no-auth too"),
     )
+    decode_tokens: int = field(
+        default=0,
+        metadata=_opt(
+            "the decode side continues each request N tokens and sends them back (a "
+            "receiver started here decodes with --model; a remote one with its own "
+            "--decode-tokens); 0: the KV only"
+        ),
+    )
     auth_key: bytes | None = field(default=None, repr=False)  # library only: the key itself
+    decode_margins: bool = False  # a receiver started here also sends top-2 logprob gaps
     idle_wait_s: float = 0.005  # step() with nothing to compute waits this long on the receiver
 
     def __post_init__(self) -> None:
@@ -151,7 +160,7 @@ class EngineConfig:
             for name in ("receiver", "receiver_num_blocks", "auth_key_file", "auth_key"):
                 if getattr(self, name) is not None:
                     raise ConfigError(name, "needs transfer='nixl'")
-            for name in ("verify_transfer", "insecure_no_auth"):
+            for name in ("verify_transfer", "insecure_no_auth", "decode_tokens"):
                 if getattr(self, name):
                     raise ConfigError(name, "needs transfer='nixl'")
             return
@@ -287,4 +296,6 @@ _CHECKS = {
     "auth_key_file": _str(True),
     "insecure_no_auth": _bool,
     "idle_wait_s": _seconds(1.0),
+    "decode_tokens": _int_in(0, 1 << 16),
+    "decode_margins": _bool,
 }

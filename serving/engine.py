@@ -15,6 +15,7 @@ one thread, the engine's loop, and never run concurrently with each other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -26,7 +27,9 @@ from typing import Any
 import numpy as np
 from graphbatch.executor import BoundsError, GraphExecutor
 from graphbatch.profiling import nvtx_range
+from graphbatch.sampling import MAX_SEED
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerFull
+from graphbatch.transfer.decoding import DecodeInfo
 
 from .config import EngineConfig
 from .kv_link import open_sender
@@ -36,6 +39,7 @@ from .outputs import ABORTED, FAILED, PREFILLED, SENT, RequestOutput
 log = logging.getLogger("graphbatch.serving")
 
 QUEUED, PREFILLING, TRANSFERRING = "queued", "prefilling", "transferring"
+DECODING = "decoding"  # KV acked by a decoding receiver, its continuation on the way
 
 
 @dataclass(eq=False)
@@ -50,6 +54,7 @@ class _Req:
     logprob: float | None = None
     ttft_s: float | None = None
     abort_reason: str | None = None
+    sent: Any = None  # the sender's Sent record, while the decode side decodes
 
     @property
     def rid(self) -> str:
@@ -98,6 +103,9 @@ class PrefillEngine:
         self._steps = self._prompt_tokens = self._cached_tokens = 0
         self._computed_tokens = self._padded_tokens = self._kv_bytes = 0
         self._busy_s, self._busy_until = 0.0, float("-inf")
+        self._decoded_tokens, self._decode_s = 0, 0.0
+        self._decode_from, self._decode_to = float("inf"), float("-inf")
+        self._rng = np.random.default_rng(config.seed)  # seeds requests that bring none
         self._stack = contextlib.ExitStack()
         try:
             self._build(model, backend, memory_tracker)
@@ -151,6 +159,10 @@ class PrefillEngine:
         req = Request(request_id, ids, SamplingParams() if sampling is None else sampling)
         # checked, as a copy: the caller's list may change after this returns
         req.prompt_token_ids = self.scheduler.check_request(req)
+        if req.sampling.seed is None:
+            with self._lock:  # drawn here, so the decode side can draw with it too
+                seed = int(self._rng.integers(0, MAX_SEED))
+            req.sampling = dataclasses.replace(req.sampling, seed=seed)
         rec = _Req(req, time.perf_counter())
         with self._lock:
             if self._closed:
@@ -212,6 +224,9 @@ class PrefillEngine:
                 transfer_busy_s=self._busy_s,
                 free_blocks=self._free_blocks,
                 num_kv_blocks=self.scheduler.config.num_kv_blocks,
+                decoded_tokens=self._decoded_tokens,
+                decode_s=self._decode_s,
+                decode_span_s=max(0.0, self._decode_to - self._decode_from),
             )
 
     # ---- the loop's thread -----------------------------------------------------------
@@ -233,7 +248,8 @@ class PrefillEngine:
         self._collect()
         self._admit()
         ran = self._run_batch()
-        if not ran and not self._done and self.sender is not None and self.sender.in_flight:
+        waiting = self.sender is not None and (self.sender.in_flight or self.sender.decoding)
+        if not ran and not self._done and waiting:
             self._collect(wait_s=self.config.idle_wait_s)  # nothing to compute: wait a little
         free = self.scheduler.stats().free_blocks
         with self._lock:
@@ -268,6 +284,8 @@ class PrefillEngine:
         elif rec.stage == PREFILLING:
             self.scheduler.abort(rid)
             self._finish(rec, ABORTED, error=reason)
+        elif rec.stage == DECODING:  # its blocks are back; the continuation is dropped
+            self._finish(rec, ABORTED, error=reason, sent=rec.sent)
         else:  # its KV is the sender's: KVSender.cancel's rule decides, both sides agree
             self.sender.cancel(rid, reason)
 
@@ -347,7 +365,9 @@ class PrefillEngine:
     def _register(self, step: int, moved: list[str], announced: set[str]) -> None:
         """Every step registers (an empty list too) and signals its KV readiness."""
         sched = self.scheduler
-        entries = [(r, sched.block_ids(r), sched.first_token(r)) for r in moved]
+        entries = [
+            (r, sched.block_ids(r), sched.first_token(r), self._decode_info(r)) for r in moved
+        ]
         try:
             self.sender.register(step, entries)
         except ValueError as e:  # nothing registered: these fail, the step still joins
@@ -359,6 +379,13 @@ class PrefillEngine:
         for rid in announced - set(moved):  # failed before its KV was complete
             self.sender.withdraw(rid)
         self._collect()  # post the writes now: they overlap the next step
+
+    def _decode_info(self, rid: str) -> dict | None:
+        """What a decoding receiver needs to continue the request (None: it does not)."""
+        if not self.sender.decode_tokens:
+            return None
+        req = self._live[rid].request
+        return DecodeInfo(len(req.prompt_token_ids), req.sampling).to_json()
 
     def _collect(self, wait_s: float = 0.0) -> None:
         """The sender's news: acked requests are released and sent, aborted ones fail
@@ -374,7 +401,18 @@ class PrefillEngine:
             with self._lock:  # busy time: acks come in order, so the union grows at its end
                 self._busy_s += s.acked_at - max(start, self._busy_until)
                 self._busy_until = s.acked_at
-            self._finish(rec, SENT, sent=s)
+            if self.sender.decode_tokens:  # final once the continuation is back
+                rec.stage, rec.sent = DECODING, s
+            else:
+                self._finish(rec, SENT, sent=s)
+        for c in p.decoded:
+            rec = self._live.get(c.request_id)
+            if rec is not None and rec.stage == DECODING:  # else aborted meanwhile
+                self._finish(rec, SENT, sent=rec.sent, decoded=c)
+        for a in p.decode_failed:
+            rec = self._live.get(a.request_id)
+            if rec is not None and rec.stage == DECODING:
+                self._finish(rec, FAILED, error=a.reason, sent=rec.sent)
         for a in p.aborted:  # its blocks are free of NIXL now: the scheduler may reuse them
             rec = self._live[a.request_id]
             self.scheduler.abort(rec.rid)
@@ -389,7 +427,9 @@ class PrefillEngine:
         self.scheduler.abort(rid)
         self._finish(self._live[rid], FAILED, error=reason)
 
-    def _finish(self, rec: _Req, status: str, error: str | None = None, sent=None) -> None:
+    def _finish(
+        self, rec: _Req, status: str, error: str | None = None, sent=None, decoded=None
+    ) -> None:
         if status == FAILED:
             log.warning("request %r failed: %s", rec.rid, error)
         keep = status in (SENT, PREFILLED)
@@ -406,6 +446,10 @@ class PrefillEngine:
             transfer_bytes=0 if sent is None else sent.nbytes,
             transfer_latency_s=None if sent is None else sent.latency_s,
             late_abort=None if sent is None else sent.late_cancel,
+            decoded_token_ids=None if decoded is None else decoded.token_ids,
+            decoded_logprobs=() if decoded is None else decoded.logprobs,
+            decoded_margins=() if decoded is None else decoded.margins,
+            decode_s=None if decoded is None else decoded.decode_s,
         )
         with self._lock:
             del self._live[rec.rid]
@@ -417,4 +461,9 @@ class PrefillEngine:
                 self._decode_ttft.observe(out.decode_ttft_s)
                 self._transfer.observe(sent.latency_s)
                 self._kv_bytes += sent.nbytes
+            if decoded is not None:
+                self._decoded_tokens += len(decoded.token_ids)
+                self._decode_s += decoded.decode_s
+                self._decode_from = min(self._decode_from, decoded.at - decoded.decode_s)
+                self._decode_to = max(self._decode_to, decoded.at)
         self._done.append(out)

@@ -26,6 +26,7 @@ def open_sender(config: EngineConfig, memory, num_kv_blocks: int, stack: context
             auth_key=key,
             allow_unauthenticated=insecure,
             lease_s=max(60.0, 2 * config.transfer_deadline_s),  # outlives the sender's deadline
+            **_decoding(config),
         )
         local = stack.enter_context(ReceiverProcess(rcfg))
         address = local.address
@@ -42,3 +43,19 @@ def open_sender(config: EngineConfig, memory, num_kv_blocks: int, stack: context
     )
     stack.callback(sender.close)
     return sender, local
+
+
+def _decoding(config: EngineConfig) -> dict:
+    """A local receiver decodes with this engine's model, on its backend."""
+    if not config.decode_tokens:
+        return {}
+    return dict(
+        decode_tokens=config.decode_tokens,
+        model=config.model,
+        dtype=config.dtype,
+        model_seed=config.seed,
+        backend=config.backend,
+        block_size=config.block_size,
+        decode_max_num_seqs=config.limits()[1],
+        decode_margins=config.decode_margins,
+    )

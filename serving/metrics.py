@@ -60,6 +60,9 @@ class EngineStats:
     transfer_busy_s: float  # time with at least one KV write in flight
     free_blocks: int
     num_kv_blocks: int
+    decoded_tokens: int = 0  # continuations the decode side sent back
+    decode_s: float = 0.0  # the decode side's time on them (per request, summed)
+    decode_span_s: float = 0.0  # first decode step started -> last continuation arrived
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -68,6 +71,13 @@ class EngineStats:
     @property
     def padding_waste(self) -> float:
         return 1.0 - self.computed_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """The decode side's continuations: tokens over the time from its first decode
+        step to its last token (batched requests overlap)."""
+        span = self.decode_span_s
+        return self.decoded_tokens / span if span > 0 else 0.0
 
     @property
     def transfer_gbps(self) -> float:

@@ -29,6 +29,12 @@ class RequestOutput:
     # abort() came after the KV write was posted and the decode side acked it: sent
     # after all (the decode instance holds the KV); the abort's reason
     late_abort: str | None = None
+    # the decode side's continuation after the first token (a decoding receiver), its
+    # logprobs, top-2 logprob gaps (when it sends them) and the time it took there
+    decoded_token_ids: tuple[int, ...] | None = None
+    decoded_logprobs: tuple[float, ...] = ()
+    decoded_margins: tuple[float, ...] = ()
+    decode_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

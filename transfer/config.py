@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from graphbatch.kvcache import KVLayout
+
 from . import auth
-from .layout import KVLayout
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,17 @@ class ReceiverConfig:
     max_requests_per_peer: int = 1024
     max_blocks_per_peer: int | None = None
     max_waiting: int = 4096
+    # The decode instance's own work: continue every received request this many tokens
+    # with ``model`` (load_model's spec; its KV cache becomes this receiver's cache) on
+    # ``backend``, batching up to ``decode_max_num_seqs`` requests; 0: keep the KV only.
+    decode_tokens: int = 0
+    model: str | None = None
+    dtype: str | None = None
+    model_seed: int = 0  # the random-weight presets' seed (the prefill side's --seed)
+    backend: str = "torch"
+    block_size: int = 16  # the model's tokens per KV block (the layout says bytes only)
+    decode_max_num_seqs: int = 16
+    decode_margins: bool = False  # send each token's top-2 logprob gap back (checks)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, KVLayout):
@@ -55,6 +67,14 @@ class ReceiverConfig:
             _check_int(name, getattr(self, name), 1)
         if self.max_blocks_per_peer is not None:
             _check_int("max_blocks_per_peer", self.max_blocks_per_peer, 1)
+        _check_int("decode_tokens", self.decode_tokens, 0)
+        if self.decode_tokens:
+            if not isinstance(self.model, str) or not self.model:
+                raise ValueError(f"decode_tokens needs a model to decode with, got {self.model!r}")
+            _check_int("block_size", self.block_size, 1)
+            _check_int("decode_max_num_seqs", self.decode_max_num_seqs, 1)
+            if self.shm_name is not None:
+                raise ValueError("a decoding receiver's cache is its model's: no shm_name")
 
     @property
     def peer_blocks(self) -> int:

@@ -11,10 +11,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+from graphbatch.kvcache import KVMemory, check_blocks
 
 from . import auth, wire
 from .engine import TransferEngine, TransferError
-from .layout import KVMemory, check_blocks
 
 log = logging.getLogger("graphbatch.transfer")
 
@@ -57,13 +57,14 @@ def handshake(
                 f"KV layouts differ: here {memory.layout}, receiver at {where} {remote.layout}"
             )
         peer = engine.add_peer(wire.unb64(wire.field(msg, "metadata", str)), remote)
+        decodes = wire.int_field(msg, "decode_tokens", 0, 1 << 20) if "decode_tokens" in msg else 0
     except TransferError:
         raise
     except Exception as e:  # of every kind: its bytes reach NIXL (nixlMismatchError, ...)
         raise TransferError(
             f"handshake with the decode receiver at {where} failed: {type(e).__name__}: {e}"
         ) from None
-    return peer, remote
+    return peer, remote, decodes
 
 
 def _authenticate(conn: Connection, key: bytes | None, deadline: float, where: str) -> None:

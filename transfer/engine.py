@@ -14,8 +14,7 @@ import uuid
 from typing import Any, Protocol
 
 import numpy as np
-
-from .layout import KVMemory
+from graphbatch.kvcache import KVMemory
 
 log = logging.getLogger("graphbatch.transfer")
 

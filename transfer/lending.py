@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from graphbatch.kvcache import KVMemory
 
 from . import wire
 from .config import ReceiverConfig
-from .layout import KVMemory
 from .peers import Lease, Peer, PeerGone
 
 log = logging.getLogger("graphbatch.transfer")
@@ -38,6 +38,9 @@ class Lender:
         self.received: OrderedDict[tuple[str, str], Received] = OrderedDict()  # oldest first
         self.lent = self.retained = 0  # blocks; counts, so that counters() never iterates
         self.acked = self.nacked = self.warm_ups = self.expired = self.refused = 0
+        # a decoding receiver takes each acked request here (never evicted while it
+        # decodes): (peer, request id, its blocks, first token, the notification's "dec")
+        self.on_received: Callable[..., None] | None = None
 
     def alloc(self, peer: Peer, rid: str, n: int) -> None:
         """Queue the allocation, or refuse it with the reason (never queue past a limit)."""
@@ -137,10 +140,13 @@ class Lender:
         del peer.slots[rid]
         self.lent -= blocks.size
         self.retained += blocks.size
-        got = Received(rid, peer.agent, tuple(blocks.tolist()), tok, mine)
-        self.received[(peer.agent, rid)] = got
         self.acked += 1
+        if self.on_received is None:  # kept before the ack: whoever sees the ack finds it
+            got = Received(rid, peer.agent, tuple(blocks.tolist()), tok, mine)
+            self.received[(peer.agent, rid)] = got
         self._reply(peer, wire.ACK, rid=rid, blocks=blocks.tolist(), sum=mine)
+        if self.on_received is not None:  # decoding starts once the sender was told
+            self.on_received(peer, rid, blocks.tolist(), tok, note.get("dec"))
 
     def release(self, sender: str, request_id: str) -> None:
         got = self.received.pop((sender, request_id), None)
@@ -150,13 +156,31 @@ class Lender:
         self.retained -= len(got.blocks)
         self._allocate()
 
+    def take(self, n: int) -> list[int] | None:
+        """``n`` free blocks for a decoding request (evicting received ones, as an
+        allocation would), or None if the cache cannot spare them now."""
+        self._evict_for(n)
+        if len(self.free) < n:
+            return None
+        self.retained += n
+        return [self.free.popleft() for _ in range(n)]
+
+    def give(self, blocks: list[int]) -> None:
+        """A decoding request ended: its blocks (received and taken) are free."""
+        self.free.extend(blocks)
+        self.retained -= len(blocks)
+        self._allocate()
+
+    def _evict_for(self, n: int) -> None:
+        while len(self.free) < n and self.received:  # evict the oldest received
+            old = self.received.popitem(last=False)[1]
+            self.free.extend(old.blocks)
+            self.retained -= len(old.blocks)
+
     def _allocate(self) -> None:
         while self.waiting:
             peer, rid, n = self.waiting[0]
-            while len(self.free) < n and self.received:  # evict the oldest received
-                old = self.received.popitem(last=False)[1]
-                self.free.extend(old.blocks)
-                self.retained -= len(old.blocks)
+            self._evict_for(n)
             if len(self.free) < n:
                 return  # FIFO: wait for blocks to come back
             self.waiting.popleft()

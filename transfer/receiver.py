@@ -6,7 +6,9 @@ write's notification (sent once every byte of the WRITE landed) and, with ``veri
 after its checksum matched the sender's. A request whose sender aborted, vanished or let
 its lease expire is never acked and its blocks go back to the free list (``lending``).
 Received requests stay in the cache (``received``, keyed by (sender agent, request id))
-until ``release()`` or until an allocation needs their blocks: this stand-in has no decoder.
+until ``release()`` or until an allocation needs their blocks -- unless the receiver
+decodes (``decode_tokens``): then each acked request continues in its model's cache
+(``decoding``) and the tokens go back to the sender.
 
 Every peer first proves the shared key (``auth``). A peer that breaks a rule -- garbage, a
 wrong key, a frame too large or too slow, a notification for a request it was not lent --
@@ -23,11 +25,12 @@ from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
+from graphbatch.kvcache import KVMemory
 
 from . import auth, wire
 from .config import ReceiverConfig
+from .decoding import Decoder, load_decoder
 from .engine import NixlEngine
-from .layout import KVMemory
 from .lending import Lender, Received
 from .peers import MESSAGE_ERRORS, Connections, Peer, PeerGone
 
@@ -41,6 +44,31 @@ CHECK_EVERY_S = 0.05  # handshake, frame and lease deadlines
 class KVReceiver:
     def __init__(self, config: ReceiverConfig) -> None:
         self.config = c = config
+        self._shm = None
+        self.decoder: Decoder | None = None
+        if c.decode_tokens:  # the cache is the decoding model's
+            executor, self.memory = load_decoder(c)
+        else:
+            self.memory = self._own_cache(c)
+        self.engine = NixlEngine(self.memory)
+        self.conns = Connections(c, self._greet, self._on_frame, self._on_drop)
+        self.address: tuple[str, int] = self.conns.address
+        self.blocks = Lender(c, self.memory, self.conns.reply)
+        if c.decode_tokens:
+            self.decoder = Decoder(
+                c, executor, self.blocks.take, self.blocks.give, self.conns.reply
+            )
+            self.blocks.on_received = self.decoder.start
+        self._by_agent: dict[str, Peer] = {}
+        self._closed = False
+        self._next_check = 0.0
+        if c.auth_key is None:
+            log.warning(
+                "accepting unauthenticated senders on %s:%d: anyone who reaches it learns "
+                "this cache's addresses and can write into it", *self.address,
+            )  # fmt: skip
+
+    def _own_cache(self, c: ReceiverConfig) -> KVMemory:
         L = c.layout
         shape = (L.num_tensors, c.num_blocks, L.block_bytes)
         size = L.num_tensors * c.num_blocks * L.block_bytes
@@ -54,19 +82,7 @@ class KVReceiver:
         self.cache.fill(0)
         step = c.num_blocks * L.block_bytes
         bases = tuple(self.cache.ctypes.data + t * step for t in range(L.num_tensors))
-        self.memory = KVMemory(L, bases, c.num_blocks)
-        self.engine = NixlEngine(self.memory)
-        self.conns = Connections(c, self._greet, self._on_frame, self._on_drop)
-        self.address: tuple[str, int] = self.conns.address
-        self.blocks = Lender(c, self.memory, self.conns.reply)
-        self._by_agent: dict[str, Peer] = {}
-        self._closed = False
-        self._next_check = 0.0
-        if c.auth_key is None:
-            log.warning(
-                "accepting unauthenticated senders on %s:%d: anyone who reaches it learns "
-                "this cache's addresses and can write into it", *self.address,
-            )  # fmt: skip
+        return KVMemory(L, bases, c.num_blocks)
 
     @property
     def received(self) -> OrderedDict[tuple[str, str], Received]:
@@ -99,6 +115,9 @@ class KVReceiver:
             "expired": b.expired,
             "refused": b.refused,
             "buffered_bytes": sum(p.sock.buffered for p in list(self.conns.peers)),
+            "decoded": self.decoder.decoded if self.decoder else 0,
+            "decode_failed": self.decoder.failed if self.decoder else 0,
+            "decoding": len(self.decoder.jobs) if self.decoder else 0,
         }
 
     def release(self, sender: str, request_id: str) -> None:
@@ -110,8 +129,9 @@ class KVReceiver:
         """Handle whatever arrived: connections, control messages, NIXL notifications.
         While a write is expected it does not sleep: UCX moves this side's bytes only
         inside these calls (measured: sleeping 1 ms per call cut throughput ~5x)."""
+        decoding = self.decoder is not None and self.decoder.busy
         expecting = self.blocks.lent > 0
-        self.conns.poll(0 if expecting else timeout_s)
+        self.conns.poll(0 if expecting or decoding else timeout_s)
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + CHECK_EVERY_S
@@ -120,6 +140,8 @@ class KVReceiver:
                 if peer.gone is None:
                     self.blocks.expire(peer, now)
         self.conns.bury()
+        if decoding:  # one batched decode step per poll: the control channel stays served
+            self.decoder.step()
         end = time.perf_counter() + (0.001 if expecting else 0)
         while True:  # while a write is expected, mostly drive NIXL (control can wait 1 ms)
             notes = self.engine.notifications()
@@ -199,7 +221,7 @@ class KVReceiver:
         self.conns.reply(
             peer, wire.WELCOME, metadata=wire.b64(self.engine.metadata()),
             layout=m.layout.to_json(), bases=list(m.bases), num_blocks=m.num_blocks,
-            mem_type=m.mem_type, device_id=m.device_id,
+            mem_type=m.mem_type, device_id=m.device_id, decode_tokens=self.config.decode_tokens,
         )  # fmt: skip
 
     # ---- NIXL notifications ----------------------------------------------------------

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from .layout import check_blocks
+from graphbatch.kvcache import check_blocks
 
 
 @dataclass(frozen=True)
@@ -29,10 +28,25 @@ class Aborted:
     cancelled: str | None = None  # the reason of the cancel() that asked for it, if one did
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A decoding receiver's continuation of a sent request."""
+
+    request_id: str
+    token_ids: tuple[int, ...]  # after the first token, in order
+    logprobs: tuple[float, ...]
+    margins: tuple[float, ...]  # top-2 logprob gaps (empty unless the receiver sends them)
+    decode_s: float  # the receiver's time from its first decode step to the last token
+    at: float  # time.perf_counter() when it arrived here
+
+
 @dataclass
 class Progress:
     sent: list[Sent] = field(default_factory=list)
     aborted: list[Aborted] = field(default_factory=list)
+    decoded: list[Decoded] = field(default_factory=list)
+    # sent requests whose continuation will never come (the reason; the KV was acked)
+    decode_failed: list[Aborted] = field(default_factory=list)
 
 
 def check_entries(
@@ -42,15 +56,19 @@ def check_entries(
     announced: dict[str, int],
     local_blocks: int,
     remote_blocks: int,
-) -> list[tuple[str, np.ndarray, int]]:
-    """``entries`` of ``(request id, block ids, first token)`` as checked tuples, or
+) -> list[tuple[str, np.ndarray, int, dict | None]]:
+    """``entries`` of ``(request id, block ids, first token[, decode info])`` as checked
+    4-tuples (decode info: a JSON-able dict for a decoding receiver, or None), or
     ValueError naming the step, entry or request that is wrong."""
-    out: list[tuple[str, np.ndarray, int]] = []
+    out: list[tuple[str, np.ndarray, int, dict | None]] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
-        if not isinstance(entry, tuple) or len(entry) != 3:
+        if not isinstance(entry, tuple) or len(entry) not in (3, 4):
             raise ValueError(f"step {step} entry {i}: expected (id, blocks, first_token)")
-        rid, blocks, tok = entry
+        rid, blocks, tok = entry[:3]
+        dec = entry[3] if len(entry) == 4 else None
+        if dec is not None and not isinstance(dec, dict):
+            raise ValueError(f"step {step} entry {i}: decode info {dec!r} is not a dict")
         if not isinstance(rid, str) or not rid:
             raise ValueError(f"step {step} entry {i}: request id {rid!r} is not a str")
         if rid in in_flight or rid in seen:
@@ -66,5 +84,5 @@ def check_entries(
                 f"request {rid!r}: announced with {n} blocks, registered with {arr.size}"
             )
         seen.add(rid)
-        out.append((rid, arr, int(tok)))
+        out.append((rid, arr, int(tok), dec))
     return out

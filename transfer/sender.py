@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from graphbatch.kvcache import KVMemory, check_blocks
 
 from . import auth, wire
 from .connect import handshake, warm_up
+from .continuations import Continuations
 from .engine import NixlEngine, PeerDisconnected, TransferEngine, TransferError
 from .inbox import Inbox
 from .join import StepJoin
-from .layout import KVMemory, check_blocks
 from .records import Aborted, Progress, Sent, check_entries
 
 log = logging.getLogger("graphbatch.transfer")
@@ -37,6 +38,7 @@ class _Req:
     rid: str
     blocks: np.ndarray
     first_token: int
+    decode: dict | None  # for a decoding receiver: the request's DecodeInfo
     ready_at: float | None = None
     dst: np.ndarray | None = None
     handle: Any = None
@@ -85,6 +87,7 @@ class KVSender:
         self.block_nbytes = memory.layout.num_tensors * memory.layout.block_bytes
         self.engine = engine or NixlEngine(memory)
         self._join: StepJoin[_Req] = StepJoin()
+        self.continuations = Continuations(self.deadline_s)  # acked, decoding there
         self._reqs: dict[str, _Req] = {}  # registered, not yet sent or aborted
         self._early: dict[str, _Early] = {}  # announced before their step registered
         self._done = Progress()
@@ -97,7 +100,7 @@ class KVSender:
             self.engine.close()
             raise TransferError(f"cannot reach the decode receiver at {addr}: {e}") from None
         try:
-            self.peer, self.remote = handshake(
+            self.peer, self.remote, self.decode_tokens = handshake(
                 self._conn, self.engine, memory, connect_timeout_s, auth_key, where
             )
             warm_up(self._conn, self.engine, self.peer, self.remote, connect_timeout_s, where)
@@ -140,7 +143,7 @@ class KVSender:
         checked = check_entries(
             step, requests, self._reqs, announced, self.memory.num_blocks, self.remote.num_blocks
         )
-        reqs = [_Req(rid, blocks, tok) for rid, blocks, tok in checked]
+        reqs = [_Req(*entry) for entry in checked]
         self._join.register(step, reqs)  # raises on a repeated step: nothing changed
         for r in reqs:
             self._reqs[r.rid] = r
@@ -204,6 +207,10 @@ class KVSender:
                 self._post(r)
             elif r.handle is not None and not r.written:
                 self._poll(r)
+        if self.disconnected:
+            self.continuations.lose_all(self.disconnected, self._done)
+        else:
+            self.continuations.expire(now, self._done)
         out, self._done = self._done, Progress()
         return out
 
@@ -212,9 +219,9 @@ class KVSender:
         receiver message and ``progress()`` again. The I/O thread drives NIXL meanwhile;
         this one sleeps in the queue so that the two do not fight over the GIL."""
         out = self.progress()  # first post what can go: blocking before it cost 10 ms
-        if out.sent or out.aborted:
+        if out.sent or out.aborted or out.decoded or out.decode_failed:
             return out
-        waiting = self._reqs or self.awaiting_blocks
+        waiting = self._reqs or self.awaiting_blocks or len(self.continuations)
         if self._inbox is not None and not self.disconnected and waiting and self._held is None:
             self._held = self._inbox.get(timeout_s)
         return self.progress()
@@ -222,6 +229,11 @@ class KVSender:
     @property
     def in_flight(self) -> list[str]:
         return list(self._reqs)
+
+    @property
+    def decoding(self) -> int:
+        """Sent requests whose continuation has not come back yet."""
+        return len(self.continuations)
 
     @property
     def unread(self) -> int:
@@ -241,6 +253,8 @@ class KVSender:
 
     def _post(self, r: _Req) -> None:
         notif = {"rid": r.rid, "tok": r.first_token}
+        if r.decode is not None and self.decode_tokens:
+            notif["dec"] = r.decode
         if self.verify:
             notif["sum"] = self.memory.checksum(r.blocks)
         try:
@@ -299,6 +313,9 @@ class KVSender:
 
     def _on_message(self, msg: dict[str, Any], at: float) -> None:
         kind = msg["type"]
+        if kind in (wire.DECODED, wire.DECODE_FAILED):
+            self.continuations.on_message(msg, at, self._done)
+            return
         rid = wire.field(msg, "rid", str)
         early = self._early.get(rid)
         if early is not None:  # announced, its step not registered yet
@@ -332,6 +349,8 @@ class KVSender:
             nbytes = int(r.blocks.size) * self.block_nbytes
             self.bytes_sent += nbytes
             dst = tuple(r.dst.tolist())
+            if r.decode is not None and self.decode_tokens:
+                self.continuations.expect(rid, now)
             self._done.sent.append(
                 Sent(rid, nbytes, now - r.ready_at, now - r.posted_at, dst, now, r.cancel)
             )

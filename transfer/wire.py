@@ -15,13 +15,16 @@ import socket
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .layout import KVLayout
+from graphbatch.kvcache import KVLayout
 
 # sender -> receiver
 ANSWER, HELLO, ALLOC, ABORT, BYE = "answer", "hello", "alloc", "abort", "bye"
 # receiver -> sender
 CHALLENGE, PROOF, OPEN = "challenge", "proof", "open"
 WELCOME, REFUSED, ALLOCATED, ACK, NACK = "welcome", "refused", "allocated", "ack", "nack"
+# a receiver that decodes (``decode_tokens`` in its welcome): each acked request's
+# continuation, or why it could not decode it
+DECODED, DECODE_FAILED = "decoded", "decode_failed"
 # the request id of a sender's warm-up write: one lent block, acked, never received
 # (a real request's id is never empty)
 WARM_UP = ""

@@ -237,3 +237,62 @@ def test_metrics_port_serves_the_engine_registry(capsys):
         url = capsys.readouterr().err.split("metrics: ")[1].split()[0]  # port 0: any free one
         text = urllib.request.urlopen(url, timeout=10).read().decode()
     assert 'graphbatch_requests_total{status="prefilled"} 1.0' in text
+
+
+def test_run_decodes_on_the_receiver_and_verifies_it(tmp_path, capsys):
+    import json
+
+    rep = tmp_path / "rep"
+    argv = ["run", "--model", "tiny", "--backend", "torch", "--requests", "4", "--rounds", "2"]
+    argv += ["--decode-tokens", "5", "--verify-decode", "--temperature", "0", "--quiet"]
+    assert main([*argv, "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    assert "decode verified: 4/4 identical" in out and "tokens/s, TPOT" in out
+    summary = json.loads((rep / "summary.json").read_text())
+    assert summary["decode_verified"] == "4/4" and summary["decoded_tokens"] == 20
+    for r in summary["request_details"]:
+        assert r["temperature"] == 0 and len(r["decoded_token_ids"]) == 5
+        assert isinstance(r["first_token_id"], int) and r["prompt_token_ids"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--verify-decode"], "--verify-decode needs --decode-tokens"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--decode-tokens", "3", "--transfer", "none"], "--decode-tokens"),
+    ],
+)
+def test_decode_flags_are_checked(argv, flag, capsys):
+    assert main(["run", "--model", "tiny", "--quiet", *argv]) == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_graphbatch_receive_decodes_for_a_remote_engine(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from graphbatch.serving import EngineConfig, PrefillEngine, SamplingParams
+
+    argv = [sys.executable, "-m", "graphbatch.cli.main", "receive", "--model", "tiny"]
+    argv += ["--listen", "127.0.0.1:0", "--num-blocks", "64", "--insecure-no-auth"]
+    argv += ["--decode-tokens", "3"]
+    env = {**os.environ, "UCX_NET_DEVICES": "lo"}
+    err = open(tmp_path / "stderr", "w+")  # noqa: SIM115 (read after the process ends)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("receiving on "), (line, (tmp_path / "stderr").read_text())
+        cfg = EngineConfig(
+            model="tiny", backend="torch", receiver=line.split()[2], insecure_no_auth=True,
+            max_num_batched_tokens=64, max_num_seqs=4, max_model_len=256, num_kv_blocks=64,
+        )  # fmt: skip
+        with PrefillEngine(cfg) as e:
+            e.add_request("r", prompt_token_ids=list(range(30)), sampling=SamplingParams(0.0))
+            while e.has_unfinished():
+                for out in e.step():
+                    assert out.status == "sent" and len(out.decoded_token_ids) == 3
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -12,9 +12,6 @@ from graphbatch.profiling import (
     MemoryTracker,
     NvmlReader,
     NvmlUnavailable,
-    kv_block_bytes,
-    kv_cache_budget,
-    num_kv_blocks,
     parse_visible_devices,
     resolve_nvml_index,
 )
@@ -71,22 +68,6 @@ def test_track_keeps_timeline_peak_and_marks():
     with pytest.raises(ValueError, match="interval"):
         with t.track(interval=0):
             pass
-
-
-def test_kv_budget_like_serving_engines():
-    total = FIXTURE["readings"][0]["total"]
-    used_after_profile, peak_increase = 20 * GiB, 3 * GiB
-    budget = kv_cache_budget(total, 0.9, used_after_profile, peak_increase)
-    assert budget == int(total * 0.9) - 23 * GiB
-    block = kv_block_bytes(
-        num_layers=46, num_kv_heads=8, head_dim=128, block_size=64, dtype_bytes=2
-    )
-    assert block == 2 * 46 * 8 * 128 * 64 * 2
-    assert num_kv_blocks(budget, block) == budget // block
-    with pytest.raises(ValueError, match="no memory left"):
-        kv_cache_budget(total, 0.1, 20 * GiB, 0)
-    with pytest.raises(ValueError, match="utilization"):
-        kv_cache_budget(total, 1.5, 0, 0)
 
 
 @pytest.mark.parametrize(

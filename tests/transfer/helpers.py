@@ -19,9 +19,8 @@ from contextlib import contextmanager
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
+from graphbatch.kvcache import KVLayout, KVMemory
 from graphbatch.transfer import (
-    KVLayout,
-    KVMemory,
     KVReceiver,
     KVSender,
     Progress,

@@ -10,8 +10,8 @@ from graphbatch.scheduler import PrefillScheduler
 from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess
 
 from ..executor.helpers import SCHED, make_executor
-from ..serving.test_serving_transfer import prefill
 from .helpers import KEY, ShmView, assert_byte_exact, shm_name
+from .test_shared_prefix_send import prefill
 
 pytestmark = pytest.mark.gpu
 

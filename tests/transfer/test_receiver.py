@@ -8,7 +8,8 @@ import threading
 import time
 
 import pytest
-from graphbatch.transfer import KVLayout, KVReceiver, KVSender, ReceiverConfig
+from graphbatch.kvcache import KVLayout
+from graphbatch.transfer import KVReceiver, KVSender, ReceiverConfig
 
 from .helpers import KEY, LAYOUT, RawPeer, assert_byte_exact, drain, frame, frames_in, host_cache
 

@@ -14,12 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from graphbatch.kvcache import KVLayout
 from graphbatch.transfer import (
-    KVLayout,
     KVSender,
     ReceiverConfig,
     ReceiverProcess,
@@ -498,28 +497,37 @@ def _run_args(*argv: str):
     return build_parser().parse_args(["run", *argv])
 
 
-def test_run_needs_a_key_for_a_remote_receiver(monkeypatch, tmp_path):
-    from graphbatch.cli.run_cmd import check_args
+def _config_problem(*argv: str) -> str | None:
+    from graphbatch.cli.run_cmd import engine_config
 
+    try:
+        engine_config(_run_args(*argv))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_run_needs_a_key_for_a_remote_receiver(monkeypatch, tmp_path):
     monkeypatch.delenv("GRAPHBATCH_AUTH_KEY", raising=False)
     key = tmp_path / "key"
     key.write_bytes(KEY + b"\n")
     remote = ("--receiver", "127.0.0.1:5555")
-    assert "--auth-key-file" in check_args(_run_args(*remote))
-    assert check_args(_run_args(*remote, "--auth-key-file", str(key))) is None
-    assert check_args(_run_args(*remote, "--insecure-no-auth")) is None
-    assert "--auth-key-file" in check_args(_run_args(*remote, "--auth-key-file", "/nonexistent"))
-    assert "--receiver" in check_args(_run_args("--auth-key-file", str(key)))
-    assert "--transfer nixl" in check_args(_run_args("--transfer", "none", "--insecure-no-auth"))
+    assert "--auth-key-file" in _config_problem(*remote)
+    assert _config_problem(*remote, "--auth-key-file", str(key)) is None
+    assert _config_problem(*remote, "--insecure-no-auth") is None
+    assert "--auth-key-file" in _config_problem(*remote, "--auth-key-file", "/nonexistent")
+    assert "remote receiver" in _config_problem("--auth-key-file", str(key))
+    assert "transfer='nixl'" in _config_problem("--transfer", "none", "--insecure-no-auth")
     monkeypatch.setenv("GRAPHBATCH_AUTH_KEY", KEY.decode())
-    assert check_args(_run_args(*remote)) is None
+    assert _config_problem(*remote) is None
 
 
 def test_run_starts_its_receiver_with_a_fresh_key(monkeypatch):
     import contextlib
 
     import graphbatch.transfer
-    from graphbatch.cli.run_cmd import _start_transfer
+    from graphbatch.serving import EngineConfig
+    from graphbatch.serving.kv_link import open_sender
 
     started = []
 
@@ -530,10 +538,9 @@ def test_run_starts_its_receiver_with_a_fresh_key(monkeypatch):
 
     monkeypatch.setattr(graphbatch.transfer, "ReceiverProcess", Recording)
     _, mem = host_cache(16, seed=1)
-    ex = SimpleNamespace(kv_memory=lambda: mem)
     with contextlib.ExitStack() as stack:
-        sender = _start_transfer(_run_args(), ex, SimpleNamespace(num_kv_blocks=16), stack)
-        assert sender.remote.num_blocks == 16
+        sender, local = open_sender(EngineConfig(model="tiny"), mem, 16, stack)
+        assert sender.remote.num_blocks == 16 and local is not None
     (config,) = started
     assert isinstance(config.auth_key, bytes) and len(config.auth_key) == 32
     assert not config.allow_unauthenticated

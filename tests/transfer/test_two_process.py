@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 import pytest
-from graphbatch.transfer import KVLayout, KVSender, ReceiverConfig, ReceiverProcess, TransferError
+from graphbatch.kvcache import KVLayout
+from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess, TransferError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

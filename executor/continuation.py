@@ -1,6 +1,6 @@
 """Continue requests token by token over a ``GraphExecutor``'s paged KV cache: what a
-decode instance does with received KV, and the single-process reference it is checked
-against.
+decode instance does with received KV (``graphbatch receive --decode-tokens``), and the
+single-process reference it is checked against (``graphbatch run --verify-decode``).
 
 A step is an ordinary ``BatchDescriptor``: each request is one row whose chunk starts
 at the tokens already in the cache (``build_descriptor`` with a start past 0, as a
@@ -12,6 +12,7 @@ on a GPU, the same CUDA graphs.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ class Continuation:
     token_ids: tuple[int, ...]  # sampled by this DecodeBatch, in order
     logprobs: tuple[float, ...]
     stopped_by_eos: bool
+    # per token: log-softmax gap between the two most likely tokens (with margins=True):
+    # how close a greedy choice was, when two runs disagree
+    margins: tuple[float, ...] = ()
+    decode_s: float = 0.0  # first step that ran it -> its last token
 
 
 @dataclass(eq=False)
@@ -39,6 +44,8 @@ class _Live:
     given: list[int]  # blocks the caller handed in (returned through on_release)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    started: float | None = None
 
 
 class DecodeBatch:
@@ -49,6 +56,8 @@ class DecodeBatch:
     ``free_blocks``: the cache blocks this batch may allocate as requests grow (default:
     every block but the reserved block 0). ``on_release(request_id, blocks)`` gets the
     blocks a request was added with, once it finished (the receiver frees them).
+    ``margins``: also record each token's top-2 logprob gap (reads the logits to the
+    host every step: for checks, not for speed).
     """
 
     def __init__(
@@ -57,12 +66,14 @@ class DecodeBatch:
         free_blocks: Iterable[int] | None = None,
         eos_token_id: int | None = None,
         on_release: Callable[[str, list[int]], None] | None = None,
+        margins: bool = False,
     ) -> None:
         self.ex, self.cfg = executor, executor.config
         blocks = range(1, self.cfg.num_kv_blocks) if free_blocks is None else free_blocks
         self.free: deque[int] = deque(int(b) for b in blocks)
         self.eos = eos_token_id
         self.on_release = on_release
+        self.margins = margins
         self.live: dict[str, _Live] = {}
 
     def add(
@@ -76,7 +87,9 @@ class DecodeBatch:
         max_new_tokens: int = 1,
     ) -> None:
         """``token_ids``: every token so far, of which the first ``num_cached`` have their
-        KV in ``block_ids`` (a received request: the prompt, then its first token).
+        KV in ``block_ids`` (a received request: the prompt, then its first token). Only
+        tokens from ``num_cached`` on are read: a decode side that has the KV but not the
+        prompt passes any ids there.
         ValueError naming the request for an id in use, too few blocks or a request
         longer than max_model_len."""
         if request_id in self.live:
@@ -119,16 +132,21 @@ class DecodeBatch:
                 raise RuntimeError(f"no free KV block for any of {sorted(self.live)}")
             return []
         d = build_descriptor(self.cfg, chunks)
+        now = time.perf_counter()
         out = self.ex.execute(d)
+        gaps = self._gaps(len(chunks)) if self.margins else None
         done = []
-        for seq, start, n in chunks:
+        for row, (seq, start, n) in enumerate(chunks):
             r = self.live[seq.request_id]
+            r.started = now if r.started is None else r.started
             r.computed = start + n
             if r.computed < seq.prompt_len:
                 continue  # a prompt chunk: no token yet
             token = int(out.token_ids[seq.request_id])
             r.tokens.append(token)
             r.logprobs.append(float(out.logprobs[seq.request_id]))
+            if gaps is not None:
+                r.margins.append(float(gaps[row]))
             eos = token == self.eos
             if eos or len(r.tokens) == r.max_new:
                 done.append(self._finish(r, eos))
@@ -143,6 +161,12 @@ class DecodeBatch:
         while self.live:
             out.update((c.request_id, c) for c in self.step())
         return out
+
+    def _gaps(self, rows: int) -> np.ndarray:
+        """Top-1 minus top-2 logit of each row (= the log-softmax gap)."""
+        logits = np.asarray(self.ex.backend.to_numpy(self.ex.logits))[:rows]
+        top2 = np.partition(logits, -2, axis=1)[:, -2:]
+        return top2[:, 1] - top2[:, 0]
 
     def _grow(self, r: _Live, tokens: int) -> bool:
         need = -(-tokens // self.cfg.block_size) - r.seq.block_ids.shape[0]
@@ -160,4 +184,5 @@ class DecodeBatch:
         self.free.extend(r.owned)
         if self.on_release is not None:
             self.on_release(rid, r.given)
-        return Continuation(rid, tuple(r.tokens), tuple(r.logprobs), eos)
+        took = time.perf_counter() - r.started
+        return Continuation(rid, tuple(r.tokens), tuple(r.logprobs), eos, tuple(r.margins), took)

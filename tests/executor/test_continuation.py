@@ -10,11 +10,11 @@ import ctypes
 import numpy as np
 import pytest
 from graphbatch.executor import GraphExecutor
+from graphbatch.executor.continuation import DecodeBatch
 from graphbatch.models import TinyDecoder
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams
-from graphbatch.serving.decode import DecodeBatch
 
-from ..executor.helpers import MODEL, SCHED, backends
+from .helpers import MODEL, SCHED, backends
 
 N = 12  # decode steps after the first token
 GREEDY = SamplingParams(temperature=0.0)
@@ -140,3 +140,17 @@ def test_eos_stops_a_continuation_and_errors_name_the_request():
         b.add("x", ids + [1], num_cached=20, block_ids=[5])
     with pytest.raises(ValueError, match="'y': .* > max_model_len 128"):
         b.add("y", ids, max_new_tokens=200)
+
+
+def test_tiny_weights_do_not_depend_on_max_model_len():
+    """A decode side's cache is longer than the prefill side's: same model either way."""
+    from dataclasses import replace
+
+    ids = prompt(8, 20)
+    outs = []
+    for max_len in (32, 128, 1024):
+        sched = replace(SCHED, max_model_len=max_len, num_kv_blocks=max(48, max_len // 8 + 1))
+        b = DecodeBatch(GraphExecutor(TinyDecoder(MODEL), sched, backend="torch"))
+        b.add("r", ids, sampling=GREEDY, max_new_tokens=4)
+        outs.append(b.run()["r"].token_ids)
+    assert outs[0] == outs[1] == outs[2]

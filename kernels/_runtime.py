@@ -104,15 +104,19 @@ def launch_stream(x: Any):
     """Context under which a kernel launches on the framework's current stream.
 
     Triton launches on torch's current stream; for paddle GPU tensors that must be
-    paddle's stream (the one a paddle CUDA graph captures), so wrap it.
+    paddle's stream (the one a paddle CUDA graph captures), so wrap it. Both the stream
+    and the torch device are the tensor's own (gpu:N), not paddle's or torch's current
+    device: ``ExternalStream`` without ``device=`` would tag the handle with torch's
+    current device, and Triton launches on the stream's device.
     """
     if not is_paddle(x) or interpreting() or not x.place.is_gpu_place():
         return contextlib.nullcontext()
     import paddle
 
+    index = x.place.gpu_device_id()
     # paddle.device.Stream has no .cuda_stream; the CUDA stream protocol gives the handle
-    handle = paddle.device.current_stream().__cuda_stream__()[1]
-    return torch.cuda.stream(torch.cuda.ExternalStream(handle))
+    handle = paddle.device.current_stream(f"gpu:{index}").__cuda_stream__()[1]
+    return torch.cuda.stream(torch.cuda.ExternalStream(handle, device=index))
 
 
 def quiet_interpreter():

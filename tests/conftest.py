@@ -21,3 +21,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def interpreter():
+    """This test launches Triton kernels on CPU tensors: run them under the interpreter,
+    also on a GPU machine, where ``graphbatch.kernels`` compiled them for the GPU at import
+    (tests/interpreter.py). A no-op on a CPU machine."""
+    from .interpreter import force_interpreter
+
+    with force_interpreter():
+        yield

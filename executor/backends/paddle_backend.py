@@ -28,6 +28,35 @@ def _use_every_core(paddle: Any) -> None:
     paddle.base.core.set_num_threads(len(os.sched_getaffinity(0)))
 
 
+# Paddle 3 APIs this backend and the launchers rely on: Stream.__cuda_stream__ (the launch
+# stream), Tensor.__dlpack__(stream=) (no-sync views), CUDAGraph(pool_id=) (one pool).
+MIN_PADDLE = 3
+PADDLE_GPU_INSTALL = (
+    "python -m pip install paddlepaddle-gpu==3.3.1 "
+    "-i https://www.paddlepaddle.org.cn/packages/stable/cu126/"
+)
+
+
+def check_paddle_version(version: str) -> None:
+    """BackendUnavailable for a Paddle older than 3, naming the install that fixes it.
+
+    PyPI's newest ``paddlepaddle-gpu`` is 2.6.2: a plain ``pip install paddlepaddle-gpu``
+    replaces the 3.x CPU wheel's ``paddle/`` with it. Paddle 3 GPU wheels are on Paddle's
+    own index. Development builds report 0.0.0 and are let through.
+    """
+    head = version.split(".")[0]
+    major = int(head) if head.isdigit() else None
+    if major is None or major >= MIN_PADDLE or version.startswith("0.0.0"):
+        return
+    raise BackendUnavailable(
+        f"paddle {version} is too old: graphbatch needs Paddle >= {MIN_PADDLE} "
+        "(Stream.__cuda_stream__, Tensor.__dlpack__(stream=), CUDAGraph(pool_id=)). PyPI's "
+        "paddlepaddle-gpu stops at 2.6; install Paddle 3 from Paddle's own index: "
+        f"`{PADDLE_GPU_INSTALL}` (CUDA 12.6 build; cu118/cu129/cu130 indexes also exist), "
+        "or `python -m pip install paddlepaddle==3.3.1` for the CPU wheel"
+    )
+
+
 class PaddleBackend(Backend):
     name = "paddle"
 
@@ -36,6 +65,7 @@ class PaddleBackend(Backend):
             import paddle
         except ImportError as e:
             raise BackendUnavailable(f"paddle is not installed: {e}") from None
+        check_paddle_version(paddle.__version__)
         self.paddle = paddle
         has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
         if device is None:

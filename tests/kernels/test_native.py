@@ -220,10 +220,9 @@ def test_paged_attention_hostile_seq_len_is_capped(monkeypatch):
 
 
 # ---- paddle ---------------------------------------------------------------------------
-def test_paddle_tensors_on_both_paths(monkeypatch):
+def test_paddle_tensors_on_both_paths(monkeypatch, interpreter):
+    # the Triton path runs paddle CPU tensors under the interpreter, on a GPU machine too
     paddle = pytest.importorskip("paddle")
-    if not rt.interpreting():
-        pytest.skip("the Triton path runs paddle CPU tensors only under the interpreter")
     P = paddle.to_tensor
     idx = P(np.array([2, -1, 9, 0], dtype="int64"))
     args = attention_case([(3, 5), (0, 2)], 4, 2, 16, 4, torch.float32, pad=1)

@@ -326,6 +326,7 @@ def test_out_buffer_and_int32_output(device):
         (dict(temperature=torch.tensor([1.0, 1.0, -2.0])), r"temperature\[2\]"),
         (dict(top_k=torch.tensor([0, -1, 0], dtype=torch.int32)), r"top_k\[1\]"),
         (dict(min_p=torch.tensor([0.0, 1.5, 0.0])), r"min_p\[1\] = 1.5"),
+        (dict(seeds=torch.tensor([0, -1, 0])), r"seeds\[1\] = -1 is out of range"),
         (dict(min_p=torch.zeros(3, dtype=torch.float64)), "min_p must be one of"),
         (dict(logprobs=torch.zeros(3, dtype=torch.float64)), "logprobs must be one of"),
         (dict(logprobs=torch.zeros(2)), r"logprobs must have shape \[3\]"),
@@ -351,7 +352,8 @@ def test_launcher_rejects_bad_arguments(change, match):
         top_p_sample(**args)
 
 
-def test_paddle_tensors():
+def test_paddle_tensors(interpreter):
+    # paddle's CPU wheel puts these on the CPU: the interpreter, on a GPU machine too
     paddle = pytest.importorskip("paddle")
     logits = paddle.to_tensor(np.random.default_rng(0).normal(size=(4, 30)).astype("float32"))
     f = lambda v, dt: paddle.to_tensor(np.full(4, v, dtype=dt))  # noqa: E731

@@ -31,6 +31,8 @@ class ChatStats:
     decoded: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the decode side's
     prompts: dict[str, list[int]] = field(default_factory=dict)  # as submitted
     tpot_s: list[float] = field(default_factory=list)  # decode side, per request
+    # decode-side TTFT minus prefill TTFT: what the KV hand-off adds to the first token
+    tail_s: list[float] = field(default_factory=list)
     first_token_logprobs: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
     decode_ttft_s: list[float] = field(default_factory=list)
@@ -52,6 +54,7 @@ class ChatStats:
         if out.decode_ttft_s is not None:
             self.decode_ttft_s.append(out.decode_ttft_s)
             self.transfer_latency_s.append(out.transfer_latency_s)
+            self.tail_s.append(out.decode_ttft_s - out.ttft_s)
         if out.decoded_token_ids is not None:
             self.decoded[rid] = out.decoded_token_ids
             if out.decoded_token_ids:

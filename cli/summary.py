@@ -95,6 +95,10 @@ def summarize(
             else None
         ),
         "transfer": cfg.transfer,
+        "transfer_mode": cfg.transfer_mode,
+        "decode_instances": engine.links.stats() if engine.links is not None else {},
+        "transfer_tail_ms_p50": _ms(stats.tail_s, 50),
+        "transfer_tail_ms_p90": _ms(stats.tail_s, 90),
         "transfer_verified": bool(cfg.transfer == "nixl" and cfg.verify_transfer),
         "transfer_bytes": es.kv_bytes_sent,
         "transfer_gbps": round(es.transfer_gbps, 4),
@@ -142,6 +146,11 @@ def print_table(summary: dict[str, Any]) -> None:
             f"{summary['ttft_ms_mean']} / {summary['ttft_ms_p50']} / {summary['ttft_ms_p90']} ms",
         ),
         ("KV transfer", _transfer_row(summary)),
+        *(
+            [("per decode instance", _instances_row(summary))]
+            if len(summary["decode_instances"]) > 1
+            else []
+        ),
         (
             "decode-side TTFT mean / P50 / P90",
             f"{summary['decode_ttft_ms_mean']} / {summary['decode_ttft_ms_p50']} / "
@@ -164,9 +173,20 @@ def _transfer_row(summary: dict[str, Any]) -> str:
     if summary["transfer"] != "nixl":
         return "simulated (--transfer none): blocks freed after the first token"
     return (
-        f"NIXL, {summary['transfer_bytes'] / 2**20:.1f} MiB at {summary['transfer_gbps']} GB/s, "
-        f"latency P50 / P90 {summary['transfer_ms_p50']} / {summary['transfer_ms_p90']} ms"
+        f"NIXL ({summary['transfer_mode']}-wise), {summary['transfer_bytes'] / 2**20:.1f} MiB "
+        f"at {summary['transfer_gbps']} GB/s, latency P50 / P90 {summary['transfer_ms_p50']} / "
+        f"{summary['transfer_ms_p90']} ms, tail (decode-side TTFT - TTFT) P50 / P90 "
+        f"{summary['transfer_tail_ms_p50']} / {summary['transfer_tail_ms_p90']} ms"
         + (", checksums verified" if summary["transfer_verified"] else "")
+    )
+
+
+def _instances_row(summary: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{addr}: {v['requests']} requests, {v['bytes'] / 2**20:.1f} MiB"
+        + (f", {v['failed']} failed" if v["failed"] else "")
+        + (" (down)" if v["down"] else "")
+        for addr, v in summary["decode_instances"].items()
     )
 
 

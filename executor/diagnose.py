@@ -14,6 +14,9 @@ def _request_of(d: BatchDescriptor, row: int, token_row: bool) -> str | None:
     return d.request_of_token(row) if token_row else d.request_of_seq(row)
 
 
+_COPY_FIELDS = ("copy_src_slots", "copy_dst_slots")
+
+
 def bounds_problems(
     d: BatchDescriptor, errors: dict[str, tuple[int, int]]
 ) -> dict[str, tuple[list[int], list[str]]]:
@@ -26,7 +29,10 @@ def bounds_problems(
         token_rows = field in TOKEN_FIELDS
         if not rows:  # in range on its own but not for the kernel (e.g. past seq_len)
             rows, token_rows = [first_row], field in _TOKEN_ROW_CHECKS
-        ids = [_request_of(d, r, token_rows) for r in rows]
+        if field in _COPY_FIELDS:  # copy entries belong to requests by copy_lens
+            ids = [d.request_of_copy(r) for r in rows]
+        else:
+            ids = [_request_of(d, r, token_rows) for r in rows]
         out[field] = (rows, sorted({i for i in ids if i is not None}))
     return out
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from graphbatch.kernels import top_p_sample
+from graphbatch.kernels import gather_slots, layer_signal, scatter_slots, top_p_sample
+from graphbatch.kernels._runtime import capturing
 from graphbatch.profiling import MemoryTracker, nvtx_range
 from graphbatch.scheduler import BatchDescriptor, DescriptorError, SchedulerConfig
 
 from .backends import Backend, Graph, get_backend
 from .diagnose import bounds_problems, nonfinite_rows
 from .errors import BoundsError
+from .layer_flags import LayerFlags
 from .model_api import KVCacheModel, check_model
 from .static_buffers import StaticBuffers
 from .step import StepOutput
@@ -65,6 +68,9 @@ class GraphExecutor:
         self._pool = None
         self.replays: Counter[int] = Counter()
         self.eager_runs: Counter[int] = Counter()
+        self.layer_flags: LayerFlags | None = None  # enable_layer_flags()
+        self.on_layer: Callable[[int], None] | None = None
+        self._copies = self._copy_targets()
 
     # ---- what a KV transfer needs ----------------------------------------------
     def kv_memory(self):
@@ -82,9 +88,67 @@ class GraphExecutor:
         return self.backend.record_event()
 
     # ---- one step, the code every path shares --------------------------------
+    def enable_layer_flags(self) -> LayerFlags:
+        """Have the model flag each layer's KV as written (``LayerFlags``), for a
+        layer-wise KV sender; call it before ``capture()`` (the flag launches are part of
+        the captured step). ``on_layer(i)``, if set, is also called on the host after
+        layer i of an eager step (the CPU path: the sender posts the layer right then)."""
+        if self.graphs:
+            raise RuntimeError("enable_layer_flags() must come before capture()")
+        if self.layer_flags is None:
+            if not isinstance(self.model, KVCacheModel):
+                raise TypeError(f"{type(self.model).__name__} has no kv_caches()")
+            caches = len(self.model.kv_caches())
+            self.layer_flags = LayerFlags(caches // 2, self.backend.is_cuda)
+        return self.layer_flags
+
+    def _layer_done(self, layer: int) -> None:
+        layer_signal(self.buffers.step, self.layer_flags.tensor, layer)
+        if self.on_layer is not None and not capturing(self.buffers.step):
+            self.on_layer(layer)
+
+    def _copy_targets(self) -> list[tuple[Any, Any]]:
+        """(KV cache tensor, staging rows) for the sub-block copy: every tensor of
+        ``model.kv_caches()``, one [max_copy_slots, ...] staging buffer per row shape and
+        dtype, allocated once (captured graphs keep its address). Empty without a prefix
+        cache, or for a model without ``kv_caches()`` (``check`` then refuses a step
+        that copies)."""
+        cfg = self.config
+        if not (cfg.enable_prefix_caching and cfg.max_copy_slots) or not isinstance(
+            self.model, KVCacheModel
+        ):
+            return []
+        from graphbatch.kernels._runtime import to_torch
+
+        staging: dict[tuple, Any] = {}
+        out = []
+        for cache in self.model.kv_caches():
+            t = to_torch(cache, "kv cache")
+            key = (tuple(t.shape[1:]), str(t.dtype).replace("torch.", ""))
+            if key not in staging:
+                staging[key] = self.backend.empty((cfg.max_copy_slots, *key[0]), key[1])
+            out.append((cache, staging[key]))
+        return out
+
+    def _copy_slots(self) -> None:
+        """Sub-block reuse, before the forward: the KV of slot ``copy_src_slots[i]`` goes
+        to slot ``copy_dst_slots[i]`` in every KV cache tensor (bounds-checked gather into
+        a staging buffer, then scatter; padding entries copy the dummy block onto itself).
+        Fixed shapes, no host sync: part of every captured step."""
+        b = self.buffers
+        src, dst = b.copy_src_slots, b.copy_dst_slots
+        err_src, err_dst = b.errors["copy_src_slots"], b.errors["copy_dst_slots"]
+        for cache, rows in self._copies:
+            gather_slots(cache, src, out=rows, error_counter=err_src)
+            scatter_slots(cache, dst, rows, error_counter=err_dst)
+
     def _forward_and_sample(self, bucket: int) -> None:
         b = self.buffers
-        self.backend.copy(self.logits, self.model.forward(b.view(bucket)))
+        self._copy_slots()
+        inputs = b.view(bucket)
+        if self.layer_flags is not None:
+            inputs.layer_done = self._layer_done
+        self.backend.copy(self.logits, self.model.forward(inputs))
         top_p_sample(
             self.logits,
             b.temperature,
@@ -175,6 +239,7 @@ class GraphExecutor:
             ("max_model_len", cfg.max_model_len, d.max_model_len),
             ("seq_lens", cfg.max_num_seqs, d.seq_capacity),
             ("block_tables", cfg.max_blocks_per_seq, d.block_tables.shape[1]),
+            ("copy_src_slots", cfg.max_copy_slots, d.copy_capacity),
         ):
             if got != want:
                 raise DescriptorError(
@@ -184,16 +249,34 @@ class GraphExecutor:
             raise DescriptorError(
                 "input_ids", 0, f"token capacity {d.token_capacity} is not a bucket {cfg.buckets}"
             )
+        if not self._copies and d.copy_lens.any():
+            r = int(np.flatnonzero(d.copy_lens)[0])
+            why = "has no prefix cache" if not cfg.enable_prefix_caching else "has no kv_caches()"
+            raise DescriptorError(
+                "copy_lens", r, f"a sub-block copy, but this executor's model {why} to copy in"
+            )
         d.check_current()
 
-    def execute(self, descriptor: BatchDescriptor) -> StepOutput:
+    def execute(
+        self, descriptor: BatchDescriptor, while_running: Callable[[], None] | None = None
+    ) -> StepOutput:
         """Run one step; raises BoundsError (with ``.output``) on a bad index, and
         DescriptorError / StaleDescriptor (nothing run) for a descriptor ``check``
-        refuses."""
+        refuses. ``while_running`` is called on the host while the device computes the
+        step (until its event completes; once after an eager CPU step), e.g. to post
+        each layer's KV as its flag comes up."""
         self.check(descriptor)
-        return self._run(descriptor)
+        return self._run(descriptor, while_running)
 
-    def _run(self, d: BatchDescriptor) -> StepOutput:
+    def _wait(self, while_running: Callable[[], None]) -> None:
+        event = self.backend.record_event()
+        while event is not None and not event.query():
+            while_running()
+        while_running()
+
+    def _run(
+        self, d: BatchDescriptor, while_running: Callable[[], None] | None = None
+    ) -> StepOutput:
         """The step without the host checks: the device bounds checks still redirect
         and name every bad index (the net behind ``check``)."""
         t0 = time.perf_counter()
@@ -210,6 +293,9 @@ class GraphExecutor:
             with nvtx_range(f"eager:{bucket}", color="orange"):
                 self._forward_and_sample(bucket)
             self.eager_runs[bucket] += 1
+        if while_running is not None:
+            with nvtx_range("while-running", color="green"):
+                self._wait(while_running)
         with nvtx_range("sample:readback", color="purple"):
             sampled = self.backend.to_numpy(self.tokens).astype(np.int64)
             logprobs = self.backend.to_numpy(self.logprobs)

@@ -9,6 +9,7 @@ an earlier, larger batch survives. The host stages all fields in one byte buffer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +22,21 @@ from .backends import Backend
 INT32_MAX = 2**31 - 1
 ALIGN = 64  # bytes: every field starts aligned (vector loads, Triton's 16-divisibility)
 # Device error counters, one (count, first row) pair per bounds check.
-CHECKS = ("input_ids", "positions", "slot_mapping", "block_tables", "logits_indices", "sampler")
+CHECKS = (
+    "input_ids",
+    "positions",
+    "slot_mapping",
+    "block_tables",
+    "logits_indices",
+    "sampler",
+    "copy_src_slots",
+    "copy_dst_slots",
+)
 EXTRA_DTYPES = {
     "offsets": np.dtype(np.int64),
     "num_valid": np.dtype(np.int32),
     "errors": np.dtype(np.int32),
+    "step": np.dtype(np.int64),  # the descriptor's step number (layer_signal reads it)
 }
 
 
@@ -44,14 +55,17 @@ class ModelInputs:
     logits_indices: Any  # [S] int64
     errors: dict[str, Any]  # check name -> int32 [2] counter view
     block_size: int
+    # called with a layer's index once its K/V are written (layer-wise KV transfer);
+    # None: nobody listens
+    layer_done: Callable[[int], None] | None = None
 
 
 class StaticBuffers:
     def __init__(self, backend: Backend, config: SchedulerConfig) -> None:
         self.backend, self.config = backend, config
         T, S, MB = config.max_num_batched_tokens, config.max_num_seqs, config.max_blocks_per_seq
-        shapes = {f.name: f.axis.shape(T, S, MB) for f in FIELDS}
-        shapes.update(offsets=(S,), num_valid=(1,), errors=(len(CHECKS), 2))
+        shapes = {f.name: f.axis.shape(T, S, MB, config.max_copy_slots) for f in FIELDS}
+        shapes.update(offsets=(S,), num_valid=(1,), errors=(len(CHECKS), 2), step=(1,))
         dtypes = {**{f.name: f.dtype for f in FIELDS}, **EXTRA_DTYPES}
         offsets, total = {}, 0
         for name, shape in shapes.items():
@@ -108,6 +122,7 @@ class StaticBuffers:
             dst[...] = src
         h["offsets"][:] = d.seq_lens  # RNG offset: the position of the sampled token
         h["num_valid"][0] = d.num_seqs
+        h["step"][0] = d.step  # the layer-readiness flags say which step wrote a layer
         self._flush()
 
     def _flush(self) -> None:

@@ -13,6 +13,7 @@ from ._runtime import (  # noqa: I001
     reset_error_counter,
 )
 from .gather_slots import gather_slots
+from .layer_signal import layer_signal
 from .scatter_slots import scatter_slots
 from .top_p_sample import top_p_sample
 
@@ -20,6 +21,7 @@ __all__ = [
     "gather_slots",
     "interpreting",
     "kernel_path",
+    "layer_signal",
     "new_error_counter",
     "reset_error_counter",
     "scatter_slots",

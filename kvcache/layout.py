@@ -89,9 +89,11 @@ class KVMemory:
         out[:, 0], out[:, 1], out[:, 2] = addr, bb, self.device_id
         return out
 
-    def indices(self, blocks: np.ndarray) -> np.ndarray:
-        """Descriptor indices of ``blocks`` in every tensor (tensor-major)."""
-        t = np.arange(self.layout.num_tensors, dtype=np.int64)[:, None] * self.num_blocks
+    def indices(self, blocks: np.ndarray, tensors: range | None = None) -> np.ndarray:
+        """Descriptor indices of ``blocks`` in every tensor of ``tensors`` (default: all;
+        a layer's K and V are tensors 2i and 2i + 1), tensor-major."""
+        which = range(self.layout.num_tensors) if tensors is None else tensors
+        t = np.asarray(which, dtype=np.int64)[:, None] * self.num_blocks
         return (t + np.asarray(blocks, dtype=np.int64)[None, :]).reshape(-1)
 
     def read(self, tensor: int, blocks: np.ndarray) -> np.ndarray:

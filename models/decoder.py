@@ -154,7 +154,7 @@ class Decoder:
         if c.qk_norm:
             q, k = self._rms(q, L["qn"]), self._rms(k, L["kn"])
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-        a = cached_attention(inp, q, k, v, self.k_cache[i], self.v_cache[i], D**-0.5)
+        a = cached_attention(inp, q, k, v, self.k_cache[i], self.v_cache[i], D**-0.5, layer=i)
         return b.linear(b.reshape(a, (T, qd)), L["wo"])
 
     def _rope_tables(self, inp: ModelInputs) -> tuple[Any, Any]:

@@ -19,13 +19,24 @@ def rms_norm(b: Backend, x: Any, weight: Any, eps: float, dtype: str) -> Any:
 
 
 def cached_attention(
-    inp: ModelInputs, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, scale: float
+    inp: ModelInputs,
+    q: Any,
+    k: Any,
+    v: Any,
+    k_cache: Any,
+    v_cache: Any,
+    scale: float,
+    layer: int | None = None,
 ) -> Any:
     """Write this step's K/V [T, HKV, D] at ``slot_mapping``, then causal attention of
-    q [T, H, D] over each sequence's cached keys; bad indices are counted, never used."""
+    q [T, H, D] over each sequence's cached keys; bad indices are counted, never used.
+    The layer's KV is complete once written: ``inp.layer_done(layer)`` says so (a
+    layer-wise KV sender may post it while the later layers run)."""
     err = inp.errors
     scatter_slots(k_cache, inp.slot_mapping, k, error_counter=err["slot_mapping"])
     scatter_slots(v_cache, inp.slot_mapping, v, error_counter=err["slot_mapping"])
+    if inp.layer_done is not None and layer is not None:
+        inp.layer_done(layer)
     return paged_attention(
         q,
         k_cache,

@@ -95,6 +95,13 @@ class TinyDecoder:
         self.config = config
         self.backend: Backend | None = None
 
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"TinyDecoder(random weights, seed {c.seed}, {c.num_layers} layers, hidden "
+            f"{c.hidden_size}, vocab {c.vocab_size}, {c.dtype})"
+        )
+
     def bind(self, backend: Backend, sched: SchedulerConfig) -> None:
         """Allocate weights and the paged KV cache on the executor's backend."""
         c = self.config
@@ -159,7 +166,7 @@ class TinyDecoder:
             q = b.reshape(x @ L["wq"], (T, c.num_heads, D))
             k = b.reshape(x @ L["wk"], (T, c.num_kv_heads, D))
             v = b.reshape(x @ L["wv"], (T, c.num_kv_heads, D))
-            a = cached_attention(inp, q, k, v, self.k_cache[i], self.v_cache[i], D**-0.5)
+            a = cached_attention(inp, q, k, v, self.k_cache[i], self.v_cache[i], D**-0.5, layer=i)
             h = h + b.reshape(a, (T, c.hidden_size)) @ L["wo"]
             x = self._rms(h, L["n2"])
             h = h + (b.silu(x @ L["w1"]) * (x @ L["w3"])) @ L["w2"]

@@ -52,6 +52,14 @@ class SchedulerConfig:
     # max_num_seqs is the rows of one batch (the capture capacity).
     max_num_requests: int | None = None
     long_prefill_token_threshold: int = 0  # per-request chunk cap per step; 0 = off
+    # Prefix caching, when a request is first scheduled: a request whose next full blocks
+    # an earlier request is computing in a step not yet retired waits for that step (and
+    # then hits them) instead of computing them twice.
+    wait_for_prefix: bool = True
+    # Sub-block reuse: KV slots a step can copy from a cached block into a request's own
+    # block (the descriptor's copy_*_slots capacity, copied every step: keep it small).
+    # None: min(max_num_seqs, 16) * (block_size - 1); 0: no sub-block reuse.
+    max_copy_slots: int | None = None
     _buckets: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +80,18 @@ class SchedulerConfig:
         seed = self.seed  # numpy's generator takes any int >= 0; a request seed is int64
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"SchedulerConfig.seed must be an int in [0, 2**63 - 1], got {seed!r}")
+        if self.vocab_size > 2**32:  # prefix-cache keys hash token ids as uint32
+            raise ValueError(f"SchedulerConfig.vocab_size must be <= 2**32, got {self.vocab_size}")
+        if not isinstance(self.wait_for_prefix, bool):
+            raise ValueError(
+                f"SchedulerConfig.wait_for_prefix must be a bool, got {self.wait_for_prefix!r}"
+            )
+        if self.max_copy_slots is None:
+            default = min(self.max_num_seqs, 16) * (self.block_size - 1)
+            object.__setattr__(self, "max_copy_slots", default)
+        c = self.max_copy_slots
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"SchedulerConfig.max_copy_slots must be an int >= 0, got {c!r}")
         if self.max_num_requests is None:
             object.__setattr__(self, "max_num_requests", 4 * self.max_num_seqs)
         _check_positive_int("max_num_requests", self.max_num_requests)

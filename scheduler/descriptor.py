@@ -47,6 +47,9 @@ class BatchDescriptor:
     top_k: np.ndarray
     min_p: np.ndarray  # 0 = off
     seeds: np.ndarray
+    copy_lens: np.ndarray  # [S] slots copied into the row's block (sub-block reuse)
+    copy_src_slots: np.ndarray  # [C] KV slot each copy reads ...
+    copy_dst_slots: np.ndarray  # [C] ... and the slot it writes, before the forward
     num_tokens: int
     num_seqs: int
     request_ids: tuple[str, ...]
@@ -86,6 +89,21 @@ class BatchDescriptor:
     @property
     def seq_capacity(self) -> int:
         return int(self.seq_lens.shape[0])
+
+    @property
+    def copy_capacity(self) -> int:
+        return int(self.copy_src_slots.shape[0])
+
+    @property
+    def num_copies(self) -> int:
+        """Real entries of the copy arrays (the rest copy the dummy block onto itself)."""
+        return int(self.copy_lens[: self.num_seqs].sum())
+
+    def request_of_copy(self, row: int) -> str | None:
+        """Request id whose copy entry ``row`` is (None for a padding entry)."""
+        ends = np.cumsum(self.copy_lens[: self.num_seqs])
+        r = int(np.searchsorted(ends, row, side="right"))
+        return self.request_ids[r] if r < self.num_seqs else None
 
     def request_of_token(self, row: int) -> str | None:
         """Request id owning token row ``row`` (None for a padding row)."""

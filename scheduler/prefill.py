@@ -3,25 +3,36 @@
 Requests arrive straight into the running set with KV blocks reserved for their
 whole prompt (no waiting queue); each step spends the whole token budget on them,
 FCFS, chunking the last one that does not fit.
+
+Prefix caching (``prefix_cache``): a request shares the cached blocks of its prompt's
+longest cached prefix at admission, and again when a step first schedules its tokens
+(blocks registered meanwhile, by steps retired since it arrived, are hit then: its
+fresh blocks for them go back to the free list). After its last full-block hit, a cached
+block holding the first m tokens of its next block is copied into its own block inside
+that step (sub-block reuse: ``copy_*`` descriptor fields) and its chunk starts m tokens
+later. A request whose next full blocks an earlier request is computing right now (a
+row earlier in the same step, or a step not yet retired) waits for them instead of
+computing them twice -- unless the step would otherwise be empty
+(``SchedulerConfig.wait_for_prefix``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from .block_manager import BlockAccountingError, BlockManager
-from .builder import build_descriptor
+from .builder import assemble
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
 from .first_tokens import check_first_tokens
-from .prefix_cache import PrefixCache
+from .prefix_cache import NOT_CACHED, ROOT, PrefixCache, chain_keys
 from .request import MAX_SEED, Request, SamplingParams, check_prompt
 from .sequence import SeqState, Sequence
-from .steps import Origin, StepRecord, register_written
+from .steps import Origin, StepRecord
+from .store import RequestStore, spans
 
 
 class SchedulerFull(RuntimeError):
@@ -52,7 +63,11 @@ class PrefillScheduler:
         if not isinstance(config, SchedulerConfig):
             raise TypeError(f"config must be a SchedulerConfig, got {type(config).__name__}")
         self.config = config
-        cache = PrefixCache() if config.enable_prefix_caching else None
+        cache = (
+            PrefixCache(config.num_kv_blocks, config.block_size)
+            if config.enable_prefix_caching
+            else None
+        )
         self.blocks = BlockManager(config.num_kv_blocks, config.block_size, cache)
         self._seqs: dict[str, Sequence] = {}  # insertion order == arrival order (FCFS)
         # the ones with prompt tokens left: schedule() never rescans transferring ones
@@ -65,6 +80,13 @@ class PrefillScheduler:
         self._steps = 0
         self._outstanding: dict[int, StepRecord] = {}  # steps scheduled, not yet updated
         self._origin = Origin(self)
+        # moves whenever a request is dropped or rewound: a step issued at the same epoch
+        # still has every row live (no per-row lookup)
+        self._epoch = 0
+        # keys of full blocks that rows of issued steps are computing -> the step
+        self._pending: dict[bytes, int] = {}
+        self._pending_cap = 4 * (config.max_num_batched_tokens // config.block_size) + 64
+        self._store = RequestStore(config.max_num_requests, config.max_model_len)
 
     # ---- admission -------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -74,39 +96,52 @@ class PrefillScheduler:
         sequence slots are short; in both cases nothing changes.
         """
         prompt = self.check_request(req)
-        if req.request_id in self._seqs:
-            raise ValueError(f"request {req.request_id!r}: duplicate request_id")
+        rid = req.request_id
+        if rid in self._seqs:
+            raise ValueError(f"request {rid!r}: duplicate request_id")
         cfg = self.config
-        need = self.blocks.blocks_needed(prompt.shape[0])
+        bs = cfg.block_size
+        n = prompt.shape[0]
+        need = -(-n // bs)
         if len(self._seqs) >= cfg.max_num_requests:
             raise SchedulerFull(
-                f"request {req.request_id!r}: all {cfg.max_num_requests} request slots are in use"
+                f"request {rid!r}: all {cfg.max_num_requests} request slots are in use"
             )
-        cached = self.blocks.match(prompt)
+        cache = self.blocks.cache
+        keys: list[bytes] = []
+        cached: list[int] = []
+        if cache is not None:
+            keys = chain_keys(prompt, bs)  # once per block: matching and registration
+            cached = cache.match(keys, prompt, 0, ROOT, (n - 1) // bs)
         try:  # shares the cached blocks and allocates the rest, or changes nothing
             blocks = self.blocks.admit(cached, need - len(cached))
         except BlockAccountingError:
             raise SchedulerFull(
-                f"request {req.request_id!r}: needs {need - len(cached)} KV blocks "
+                f"request {rid!r}: needs {need - len(cached)} KV blocks "
                 f"({len(cached)} cached), {self.blocks.num_free} free"
             ) from None
         seed = req.sampling.seed
         if seed is None:
             seed = int(self._rng.integers(0, MAX_SEED))
-        seq = Sequence(
-            req.request_id,
-            prompt,
-            req.sampling,
-            seed,
-            np.asarray(blocks, dtype=np.int32),
-            self._arrivals,
-        )
-        seq.num_scheduled = seq.num_cached = seq.num_computed = len(cached) * cfg.block_size
-        seq.chain = [self.blocks.cache.link_of(b) for b in cached]
-        self._seqs[req.request_id] = self._prefilling[req.request_id] = seq
+        table = np.asarray(blocks, np.int32)
+        seq = Sequence(rid, prompt, req.sampling, seed, table, self._arrivals)
+        seq.keys = keys
+        if cache is not None:
+            seq.matched_at = cache.generation
+            if cached:
+                self._link_shared(seq, len(cached))
+        seq.num_scheduled = seq.num_cached = seq.num_computed = len(cached) * bs
+        self._store.add(seq, keys)
+        self._seqs[rid] = self._prefilling[rid] = seq
         self._arrivals += 1
         self._prompt_tokens += seq.prompt_len
         self._cached_tokens += seq.num_cached
+
+    def _link_shared(self, seq: Sequence, k: int) -> None:
+        """``seq``'s first ``k`` blocks are shared cached ones: its chain runs through them."""
+        last = int(seq.block_ids[k - 1])
+        seq.num_shared = seq.num_linked = k
+        seq.link_serial, seq.link_block = int(self.blocks.cache.serial[last]), last
 
     def check_request(self, req: Request) -> np.ndarray:
         """The request's prompt as int64, if this scheduler could ever admit it (an empty
@@ -124,7 +159,7 @@ class PrefillScheduler:
             raise ValueError(f"request {rid!r}: sampling.{problems[0]}")
         cfg = self.config
         prompt = check_prompt(rid, req.prompt_token_ids, cfg.max_model_len, cfg.vocab_size)
-        need, usable = self.blocks.blocks_needed(prompt.shape[0]), cfg.num_kv_blocks - 1
+        need, usable = -(-prompt.shape[0] // cfg.block_size), cfg.num_kv_blocks - 1
         if need > usable:  # not "full": it could never be admitted
             raise ValueError(f"request {rid!r}: needs {need} KV blocks, the cache has {usable}")
         return prompt
@@ -132,35 +167,115 @@ class PrefillScheduler:
     # ---- stepping --------------------------------------------------------
     def schedule(self) -> BatchDescriptor | None:
         """Next batch, or None when no request has prompt tokens left."""
+        cache = self.blocks.cache
+        wait = cache is not None and self.config.wait_for_prefix
+        pending, outstanding = self._pending, self._outstanding
+        if pending and not outstanding:
+            pending.clear()  # every step that was computing them is retired
+        elif len(pending) > self._pending_cap:  # steps kept in flight: drop retired ones
+            self._pending = {k: s for k, s in pending.items() if s in outstanding}
+        seqs, starts, counts, copies, waited = self._pick(wait)
+        if not seqs and waited:  # nothing else to run: waiting would leave it empty
+            seqs, starts, counts, copies, _ = self._pick(False)
+        if not seqs:
+            return None
+        d = assemble(self.config, seqs, starts, counts, copies, self._store)
+        step = self._steps
+        d.scheduler_id, d.step, d.origin = self.id, step, self._origin
+        d.arrivals = tuple([q.arrival for q in seqs])
+        for seq, start, n in zip(seqs, starts, counts, strict=True):
+            seq.num_scheduled = start + n
+        self._steps += 1
+        self._outstanding[step] = StepRecord.of(d, tuple(seqs), self._epoch)
+        return d
+
+    def _pick(self, wait: bool) -> tuple[list, list, list, list, bool]:
+        """The step's rows in FCFS order (sequences, chunk starts, chunk tokens), its
+        sub-block copies (row, source block, slots), and whether a request waited for a
+        prefix."""
         cfg = self.config
         budget = cfg.max_num_batched_tokens
         cap = cfg.long_prefill_token_threshold or budget
-        chunks: list[tuple[Sequence, int, int]] = []
+        bs, max_rows = cfg.block_size, cfg.max_num_seqs
+        cache = self.blocks.cache
+        step, outstanding, pending = self._steps, self._outstanding, self._pending
+        copy_room = cfg.max_copy_slots
+        seqs: list[Sequence] = []
+        starts: list[int] = []
+        counts: list[int] = []
+        copies: list[tuple[int, int, int]] = []
+        waited = False
         for seq in self._prefilling.values():  # transferring requests cost nothing
-            left = seq.prompt_len - seq.num_scheduled  # (seq.remaining, once: hot loop)
+            start = seq.num_scheduled
+            left = seq.prompt_len - start  # (seq.remaining, once: hot loop)
             if left <= 0:
                 continue  # fully scheduled, its last chunk still in flight
-            n = min(left, budget, cap)
-            chunks.append((seq, seq.num_scheduled, n))
+            if cache is not None and start == seq.num_shared * bs:
+                # first scheduled (or again, after a step that did not run): match again
+                if seq.matched_at != cache.generation:
+                    self._rematch(seq)
+                    start = seq.num_scheduled
+                    left = seq.prompt_len - start
+                k = seq.num_shared
+                if wait and pending and k < len(seq.keys):
+                    s = pending.get(seq.keys[k])
+                    if s is not None and (s == step or s in outstanding):
+                        waited = True  # an earlier row is computing its next block
+                        continue
+                if copy_room and left > 1 and seq.copy_src < 0 and (k or cache.has_roots):
+                    src, m = self._sub_block(seq, min(bs - 1, left - 1, copy_room))
+                    if m:
+                        self.blocks.pin(src)  # no eviction before the step copied it
+                        seq.copy_src, seq.copy_len = src, m
+                        seq.num_cached += m
+                        self._cached_tokens += m
+                        copies.append((len(seqs), src, m))
+                        copy_room -= m
+                        start += m
+                        left -= m
+            n = left if left < budget else budget
+            if n > cap:
+                n = cap
+            seqs.append(seq)
+            starts.append(start)
+            counts.append(n)
+            if wait:  # the full blocks this chunk completes
+                pending.update(dict.fromkeys(seq.keys[start // bs : (start + n) // bs], step))
             budget -= n
-            if budget == 0 or len(chunks) == cfg.max_num_seqs:
+            if budget == 0 or len(seqs) == max_rows:
                 break
-        if not chunks:
-            return None
-        d = build_descriptor(cfg, chunks)  # may raise: nothing has changed yet
-        step = self._steps
-        d = dataclasses.replace(
-            d,
-            scheduler_id=self.id,
-            step=step,
-            arrivals=tuple(c[0].arrival for c in chunks),
-            origin=self._origin,
+        return seqs, starts, counts, copies, waited
+
+    def _rematch(self, seq: Sequence) -> None:
+        """Share the blocks registered since ``seq`` was last matched that continue its
+        cached prefix; its fresh blocks there (never written) go back."""
+        cache, bs = self.blocks.cache, self.config.block_size
+        k = seq.num_shared
+        seq.matched_at = cache.generation
+        most = (seq.prompt_len - 1) // bs
+        if k >= most:
+            return
+        hit = cache.match(seq.keys, seq.prompt, k, seq.link_serial, most)
+        if not hit:
+            return
+        mine = seq.block_ids[k : k + len(hit)].tolist()
+        self.blocks.pin_all(hit)
+        self.blocks.give_back(mine)
+        seq.block_ids[k : k + len(hit)] = hit
+        self._link_shared(seq, k + len(hit))
+        gained = len(hit) * bs
+        seq.num_scheduled = seq.num_cached = seq.num_computed = seq.num_shared * bs
+        self._cached_tokens += gained
+
+    def _sub_block(self, seq: Sequence, most: int) -> tuple[int, int]:
+        """The cached block sharing the longest start (<= ``most`` tokens) with
+        ``seq``'s first block past its shared ones."""
+        k = seq.num_shared
+        if seq.link_serial == NOT_CACHED or k * self.config.block_size >= seq.prompt_len:
+            return -1, 0
+        return self.blocks.cache.partial_match(
+            seq.prompt, k, seq.link_serial, seq.link_block if k else -1, most
         )
-        for seq, _, n in chunks:
-            seq.num_scheduled += n
-        self._steps += 1
-        self._outstanding[step] = StepRecord.of(d)
-        return d
 
     def check_current(self, d: BatchDescriptor, rows_alive: bool = True) -> None:
         """Raise StaleDescriptor unless ``d`` is a scheduled, not yet updated step of
@@ -184,27 +299,29 @@ class PrefillScheduler:
         err = rec.mismatch(d)
         if err is not None:
             raise err
-        live = rec.live_rows(self._seqs) if rows_alive else None
-        if live is not None and len(live) != len(rec.request_ids):
-            alive = {i for i, _ in live}
-            gone = [rid for i, rid in enumerate(rec.request_ids) if i not in alive]
-            raise StaleDescriptor(
-                f"step {d.step}: requests {gone} were aborted, re-added or rescheduled "
-                "after it was scheduled; their blocks may belong to another request now"
-            )
+        if rows_alive and rec.epoch != self._epoch:
+            live = rec.live_rows(self._seqs, self._epoch)
+            if len(live) != len(rec.request_ids):
+                alive = {i for i, _ in live}
+                gone = [rid for i, rid in enumerate(rec.request_ids) if i not in alive]
+                raise StaleDescriptor(
+                    f"step {d.step}: requests {gone} were aborted, re-added or rescheduled "
+                    "after it was scheduled; their blocks may belong to another request now"
+                )
         return rec
 
     def _mark_executed(self, d: BatchDescriptor) -> None:
         """``d`` ran (BatchDescriptor.mark_executed): a row's chunk counts as computed
         only if everything before it was (an earlier chunk that did not run leaves
-        nothing for it to attend to). Ignores a step that is not current."""
+        nothing for it to attend to; a copy's slots count once its step ran). Ignores a
+        step that is not current."""
         rec = self._outstanding.get(d.step) if d.scheduler_id == self.id else None
         if rec is None or rec.executed or rec.mismatch(d) is not None:
             return
         rec.executed = True
-        starts, ends = rec.starts.tolist(), rec.ends.tolist()  # plain ints: a hot loop
-        for i, seq in rec.live_rows(self._seqs):
-            if seq.num_computed == starts[i]:
+        bases, ends = rec.bases.tolist(), rec.ends.tolist()  # plain ints: a hot loop
+        for i, seq in rec.live_rows(self._seqs, self._epoch):
+            if seq.num_computed == bases[i]:
                 seq.num_computed = ends[i]
 
     def update(self, descriptor: BatchDescriptor, sampled_token_ids) -> list[str]:
@@ -226,13 +343,19 @@ class PrefillScheduler:
         d = descriptor
         rec = self._record(d, rows_alive=False)  # aborted rows are skipped below
         tokens = check_first_tokens(sampled_token_ids, d.request_ids, self.config.vocab_size)
-        rows = rec.live_rows(self._seqs)
+        rows = rec.live_rows(self._seqs, self._epoch)
         if not rec.executed:
             rec.refuse_unrun(d.step, rows, tokens)
         moved = []
         cache, bs = self.blocks.cache, self.config.block_size
         ends, finishes, toks = rec.ends.tolist(), rec.finishes.tolist(), tokens.tolist()
+        copied = rec.copy_lens.tolist() if rec.copy_src.shape[0] else None
+        runs: list[tuple[Sequence, int]] = []  # (sequence, full blocks now written)
+        tails: list[Sequence] = []  # finished: their last, partly filled block
+        prefilling = self._prefilling
         for i, seq in rows:
+            if copied is not None and copied[i] and seq.copy_src >= 0:
+                self._unpin_copy(seq)  # it ran (or never will: see below)
             end = ends[i]
             if seq.num_computed < end:  # this chunk's KV was never computed
                 self._rewind(seq)
@@ -242,19 +365,92 @@ class PrefillScheduler:
                     continue  # flagged by the executor: no token, its KV may be garbage
                 if seq.state is SeqState.PREFILLING:
                     seq.first_token, seq.state = toks[i], SeqState.TRANSFERRING
-                    del self._prefilling[seq.request_id]
+                    del prefilling[seq.request_id]
                     moved.append(seq.request_id)
-            if cache is not None:
-                register_written(cache, seq, end, bs)
+                    if cache is not None and end % bs:
+                        tails.append(seq)
+            if cache is not None and end // bs > seq.num_linked:
+                if seq.link_serial == NOT_CACHED:  # nothing after a broken link is cached
+                    seq.num_linked = end // bs
+                else:
+                    runs.append((seq, end // bs))
+        if runs:
+            self._register(runs)
+        for seq in tails:
+            full = seq.prompt_len // bs
+            if seq.num_linked == full and seq.link_serial != NOT_CACHED:
+                cache.register_partial(
+                    int(seq.block_ids[full]),
+                    seq.link_serial,
+                    seq.link_block,
+                    seq.prompt[full * bs :],
+                )
         del self._outstanding[d.step]
         return moved
 
+    def _register(self, runs: list[tuple[Sequence, int]]) -> None:
+        """Cache the full blocks each run's sequence wrote up to its count: in one batch
+        (a few numpy gathers from the store, no per-block Python) where nothing
+        collides, block by block where something does."""
+        cache, bs, store = self.blocks.cache, self.config.block_size, self._store
+        n = len(runs)
+        seqs = [r[0] for r in runs]
+        slots = np.fromiter((q.slot for q in seqs), dtype=np.int64, count=n)
+        first = np.fromiter((q.num_linked for q in seqs), dtype=np.int64, count=n)
+        upto = np.fromiter((r[1] for r in runs), dtype=np.int64, count=n)
+        parents = np.fromiter((q.link_serial for q in seqs), dtype=np.int64, count=n)
+        pblocks = np.fromiter((q.link_block for q in seqs), dtype=np.int64, count=n)
+        lens = upto - first
+        at = spans(store.blk_off[slots] + first, lens)
+        blocks = store.blocks[at].astype(np.int64)
+        tokens = store.tokens[spans(store.tok_off[slots] + first * bs, lens * bs)]
+        keys = [store.keys[i] for i in at.tolist()]
+        tokens = tokens.reshape(-1, bs)
+        last = cache.register_runs(blocks, tokens, keys, lens, parents, pblocks)
+        if last is not None:
+            ends = np.cumsum(lens) - 1
+            done = zip(seqs, upto.tolist(), last.tolist(), blocks[ends].tolist(), strict=True)
+            for q, u, serial, block in done:
+                q.num_linked, q.link_serial, q.link_block = u, serial, block
+            return
+        lo = 0
+        for q, u, m in zip(seqs, upto.tolist(), lens.tolist(), strict=True):  # run by run
+            one = slice(lo, lo + m)
+            lo += m
+            last = cache.register_runs(
+                blocks[one], tokens[one], keys[one], np.array([m]),
+                np.array([q.link_serial]), np.array([q.link_block]),
+            )  # fmt: skip
+            if last is not None:
+                q.num_linked, q.link_serial, q.link_block = u, int(last[0]), int(blocks[one][-1])
+                continue
+            for j in range(q.num_linked, u):  # block by block: collisions resolved here
+                if q.link_serial == NOT_CACHED:
+                    break  # nothing after a link the cache could not take is cached
+                q.link_serial, q.link_block = cache.register(
+                    int(q.block_ids[j]), q.link_serial, q.link_block, q.keys[j],
+                    q.prompt[j * bs : (j + 1) * bs],
+                )  # fmt: skip
+            q.num_linked = u
+
+    def _unpin_copy(self, seq: Sequence) -> None:
+        self.blocks.free([seq.copy_src])
+        seq.copy_src = -1
+
     def _rewind(self, seq: Sequence) -> None:
         """Schedule ``seq`` again from its last computed token, under a new serial:
-        every step issued before (holding chunks past that point) no longer touches it."""
+        every step issued before (holding chunks past that point) no longer touches it.
+        A sub-block copy whose step did not run is undone (planned again later)."""
+        if seq.copy_src >= 0:
+            self._unpin_copy(seq)
+        if seq.num_computed < seq.num_cached:  # the copy never ran
+            self._cached_tokens -= seq.num_cached - seq.num_computed
+            seq.num_cached = seq.num_computed
+        seq.copy_len = 0
         seq.num_scheduled = seq.num_computed
         seq.arrival = self._arrivals
         self._arrivals += 1
+        self._epoch += 1
 
     # ---- leaving ---------------------------------------------------------
     def release(self, request_id: str) -> int:
@@ -277,8 +473,12 @@ class PrefillScheduler:
 
     def _drop(self, seq: Sequence) -> None:
         self.blocks.free(seq.block_ids.tolist())
+        self._store.remove(seq)
+        if seq.copy_src >= 0:
+            self._unpin_copy(seq)
         del self._seqs[seq.request_id]
         self._prefilling.pop(seq.request_id, None)
+        self._epoch += 1
 
     # ---- introspection ---------------------------------------------------
     def state_of(self, request_id: str) -> SeqState:

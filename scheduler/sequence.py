@@ -6,7 +6,9 @@ import enum
 from dataclasses import dataclass, field
 
 import numpy as np
+from graphbatch.sampling import SAMPLING_RULES
 
+from .prefix_cache import ROOT
 from .request import SamplingParams
 
 
@@ -15,7 +17,7 @@ class SeqState(enum.Enum):
     TRANSFERRING = "transferring"  # prefill done; waits for its KV cache to be sent
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     request_id: str
     prompt: np.ndarray  # [prompt_len] int64
@@ -26,19 +28,45 @@ class Sequence:
     # issued before it never touches the request again
     arrival: int
     num_scheduled: int = 0  # prompt tokens handed to a batch so far (cached ones included)
-    num_cached: int = 0  # prompt tokens whose KV came from the prefix cache
+    # prompt tokens whose KV came from the prefix cache: the shared blocks, plus the
+    # slots a sub-block copy brings into its own block
+    num_cached: int = 0
     # prompt tokens whose KV is known written, contiguous from 0: cached ones plus the
     # chunks of steps an executor ran in order (PrefillScheduler._mark_executed)
     num_computed: int = 0
-    # prefix-cache links (key, serial) of the leading full blocks registered so far
-    chain: list[tuple[bytes, int]] = field(default_factory=list)
+    num_shared: int = 0  # leading blocks shared from the prefix cache
+    # a sub-block copy planned for this request's first chunk: the cached block it reads
+    # (pinned until that step is retired) and how many slots; -1 / 0 for none
+    copy_src: int = -1
+    copy_len: int = 0
+    # keys of its full blocks (prefix_cache.chain_keys), computed once at admission
+    keys: list[bytes] = field(default_factory=list)
+    # the cache chain through its leading blocks: how many are linked, the serial of the
+    # last link (NOT_CACHED: the chain broke, nothing after it is cached) and the block
+    # holding it
+    num_linked: int = 0
+    link_serial: int = ROOT
+    link_block: int = -1
+    matched_at: int = -1  # the cache generation its prefix was last matched against
+    slot: int = -1  # its row in the scheduler's RequestStore (-1: none)
     first_token: int | None = None
     state: SeqState = SeqState.PREFILLING
     prompt_len: int = field(init=False)  # a plain int: read on every schedule() pass
+    # the sampling fields of its descriptor row, in SAMPLING_RULES order
+    sampling_values: tuple = field(init=False)
 
     def __post_init__(self) -> None:
         self.prompt_len = int(self.prompt.shape[0])
+        self.sampling_values = tuple(
+            getattr(self, r.param) if r.optional else getattr(self.sampling, r.param)
+            for r in SAMPLING_RULES
+        )
 
     @property
     def remaining(self) -> int:
         return self.prompt_len - self.num_scheduled
+
+    @property
+    def chain(self) -> tuple:
+        """The cache chain as (linked blocks, serial of the last link)."""
+        return self.num_linked, self.link_serial

@@ -1,11 +1,12 @@
 """What the scheduler keeps of each step it issued, and a descriptor's link back to it.
 
 The scheduler trusts its own record, not the descriptor: a descriptor's arrays can be
-changed after it was issued, so ``check_matches`` refuses one whose rows differ (a
-flipped ``sample_mask`` would otherwise move a mid-prompt row to transferring, or strand
-a finishing one). ``executed`` is set only by ``BatchDescriptor.mark_executed``, which
-GraphExecutor calls once it ran the step: a step nobody ran can never feed the prefix
-cache, whatever tokens a caller passes to ``update``.
+changed after it was issued, so ``mismatch`` refuses one whose rows differ (a flipped
+``sample_mask`` would otherwise move a mid-prompt row to transferring, or strand a
+finishing one; a changed copy slot would read another block). ``executed`` is set only
+by ``BatchDescriptor.mark_executed``, which GraphExecutor calls once it ran the step: a
+step nobody ran can never feed the prefix cache, whatever tokens a caller passes to
+``update``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import DescriptorError, StaleDescriptor
-from .prefix_cache import NOT_CACHED, ROOT, ROOT_KEY, PrefixCache
 from .sequence import Sequence
 
 if TYPE_CHECKING:
@@ -34,50 +34,76 @@ class StepRecord:
     starts: np.ndarray  # [n] int32: context_lens, prompt tokens before the chunk
     ends: np.ndarray  # [n] int32: seq_lens, prompt tokens after it
     finishes: np.ndarray  # [n] bool: sample_mask, the chunk ends the prompt
+    copy_lens: np.ndarray  # [n] int32: slots copied into the row's block first
+    copy_src: np.ndarray  # [k] int64: the real copy entries
+    copy_dst: np.ndarray  # [k] int64
+    seqs: tuple[Sequence, ...]  # the rows' sequences when it was issued
+    epoch: int  # the scheduler's epoch then: unchanged, every row is still live
     executed: bool = False
 
     @classmethod
-    def of(cls, d: BatchDescriptor) -> StepRecord:
+    def of(cls, d: BatchDescriptor, seqs: tuple[Sequence, ...], epoch: int) -> StepRecord:
         """The rows of a freshly built descriptor (copied: the descriptor is the caller's)."""
         n = d.num_seqs
+        copy_lens = d.copy_lens[:n].copy()
+        k = int(copy_lens.sum())
         return cls(
             d.request_ids,
             d.arrivals,
             d.context_lens[:n].copy(),
             d.seq_lens[:n].copy(),
             d.sample_mask[:n].copy(),
+            copy_lens,
+            d.copy_src_slots[:k].copy(),
+            d.copy_dst_slots[:k].copy(),
+            seqs,
+            epoch,
         )
+
+    @property
+    def bases(self) -> np.ndarray:
+        """Tokens each row's KV must hold before the step: its context less the copy."""
+        return self.starts - self.copy_lens
 
     def mismatch(self, d: BatchDescriptor) -> DescriptorError | None:
         """The first way ``d``'s rows differ from what was issued (None: they do not)."""
         n = len(self.request_ids)
         if d.request_ids != self.request_ids or d.arrivals != self.arrivals or d.num_seqs != n:
             return DescriptorError("request_ids", 0, f"not the rows step {d.step} was issued with")
-        for name, want in (
-            ("sample_mask", self.finishes),
-            ("seq_lens", self.ends),
-            ("context_lens", self.starts),
+        k = self.copy_src.shape[0]
+        for name, want, size in (
+            ("sample_mask", self.finishes, n),
+            ("seq_lens", self.ends, n),
+            ("context_lens", self.starts, n),
+            ("copy_lens", self.copy_lens, n),
+            ("copy_src_slots", self.copy_src, k),
+            ("copy_dst_slots", self.copy_dst, k),
         ):
-            got = np.asarray(getattr(d, name))
-            if got.ndim != 1 or got.shape[0] < n:
-                return DescriptorError(name, 0, f"shape {got.shape}: not the issued rows")
-            if not np.array_equal(got[:n], want):
-                r = int(np.flatnonzero(got[:n] != want)[0])
+            got = getattr(d, name)
+            if not isinstance(got, np.ndarray) or got.ndim != 1 or got.shape[0] < size:
+                shape = getattr(got, "shape", None)
+                return DescriptorError(name, 0, f"shape {shape}: not the issued rows")
+            if not np.array_equal(got[:size], want):
+                r = int(np.flatnonzero(got[:size] != want)[0])
+                owner = self.request_ids[r] if name[:5] != "copy_" or name == "copy_lens" else None
                 return DescriptorError(
                     name,
                     r,
-                    f"changed since step {d.step} was issued: {want[r]} -> {got[r]} "
-                    f"(request {self.request_ids[r]!r})",
+                    f"changed since step {d.step} was issued: {want[r]} -> {got[r]}"
+                    + (f" (request {owner!r})" if owner is not None else ""),
                 )
         return None
 
-    def live_rows(self, seqs: dict[str, Sequence]) -> list[tuple[int, Sequence]]:
-        """Rows whose request is still the incarnation the step was issued for."""
+    def live_rows(self, seqs: dict[str, Sequence], epoch: int) -> list[tuple[int, Sequence]]:
+        """Rows whose request is still the incarnation the step was issued for (every row
+        while the scheduler's epoch did not move: nothing was dropped or rewound)."""
+        if epoch == self.epoch:
+            return list(enumerate(self.seqs))
         get = seqs.get
         return [
             (i, seq)
-            for i, (rid, arrival) in enumerate(zip(self.request_ids, self.arrivals, strict=True))
-            if (seq := get(rid)) is not None and seq.arrival == arrival
+            for i, (seq, arrival) in enumerate(zip(self.seqs, self.arrivals, strict=True))
+            if get(seq.request_id) is seq and seq.arrival == arrival
         ]
 
     def refuse_unrun(self, step: int, rows: list[tuple[int, Sequence]], tokens) -> None:
@@ -96,18 +122,6 @@ class StepRecord:
                 f"step {step} never ran: requests {claimed} cannot have first tokens; "
                 "pass -1 for their rows"
             )
-
-
-def register_written(cache: PrefixCache, seq: Sequence, upto: int, block_size: int) -> None:
-    """Cache ``seq``'s full blocks below prompt token ``upto`` (their KV is written) that
-    its chain does not hold yet; after a NOT_CACHED link nothing more is cached."""
-    for j in range(len(seq.chain), upto // block_size):
-        parent_key, parent = seq.chain[-1] if seq.chain else (ROOT_KEY, ROOT)
-        if parent == NOT_CACHED:
-            seq.chain.append((ROOT_KEY, NOT_CACHED))
-            continue
-        toks = seq.prompt[j * block_size : (j + 1) * block_size]
-        seq.chain.append(cache.register(int(seq.block_ids[j]), parent_key, parent, toks))
 
 
 class Origin:

@@ -18,6 +18,7 @@ from graphbatch.scheduler.request import MAX_SEED
 MODEL_LIMITS = {"tiny": (256, 16, 1024), "small": (2048, 64, 4096), "large": (8192, 64, 4096)}
 CHECKPOINT_LIMITS = (1024, 16, 2048)
 TRANSFERS = ("nixl", "none")
+TRANSFER_MODES = ("layer", "request")
 BACKENDS = ("paddle", "torch")
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -103,9 +104,23 @@ class EngineConfig:
             choices=TRANSFERS,
         ),
     )
+    transfer_mode: str = field(
+        default="layer",
+        metadata=_opt(
+            "layer: each layer's KV goes out as soon as it is written, while the rest of "
+            "the step runs; request: one write per request after its step",
+            choices=TRANSFER_MODES,
+        ),
+    )
     receiver: str | None = field(
         default=None,
-        metadata=_opt("HOST:PORT of a running 'graphbatch receive' (default: start one locally)"),
+        metadata=_opt(
+            "HOST:PORT of a running 'graphbatch receive', or several, comma-separated: "
+            "each request goes to one decode instance (default: start them locally)"
+        ),
+    )
+    decode_instances: int = field(
+        default=1, metadata=_opt("decode receivers started here (without --receiver)")
     )
     receiver_num_blocks: int | None = field(
         default=None, metadata=_opt("KV blocks of a receiver started here (default: num_kv_blocks)")
@@ -163,16 +178,23 @@ class EngineConfig:
             for name in ("verify_transfer", "insecure_no_auth", "decode_tokens"):
                 if getattr(self, name):
                     raise ConfigError(name, "needs transfer='nixl'")
+            if self.decode_instances != 1:
+                raise ConfigError("decode_instances", "needs transfer='nixl'")
             return
         if self.receiver is not None:
             from graphbatch.transfer.wire import parse_address
 
             try:
-                parse_address(self.receiver)
+                for address in self.receivers:
+                    parse_address(address)
             except ValueError as e:
                 raise ConfigError("receiver", str(e)) from None
+            if len(set(self.receivers)) != len(self.receivers):
+                raise ConfigError("receiver", f"lists an address twice: {self.receiver!r}")
             if self.receiver_num_blocks is not None:
                 raise ConfigError("receiver_num_blocks", "is for a receiver started here")
+            if self.decode_instances != 1:
+                raise ConfigError("decode_instances", "is for receivers started here")
         elif self.auth_key_file is not None:
             raise ConfigError(
                 "auth_key_file", "is for a remote receiver (one started here gets a fresh key)"
@@ -188,6 +210,13 @@ class EngineConfig:
             raise ConfigError("auth_key", "given with insecure_no_auth")
         if self.auth_key is not None and not isinstance(self.auth_key, bytes):
             raise ConfigError("auth_key", f"must be bytes, got {type(self.auth_key).__name__}")
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        """The decode instances' addresses (``receiver`` split at commas)."""
+        if self.receiver is None:
+            return ()
+        return tuple(a.strip() for a in self.receiver.split(","))
 
     # ---- what the parts get --------------------------------------------------------
     def limits(self) -> tuple[int, int, int]:
@@ -289,8 +318,10 @@ _CHECKS = {
     "cuda_graph_sizes": _sizes,
     "enforce_eager": _bool,
     "transfer": _one_of(TRANSFERS),
+    "transfer_mode": _one_of(TRANSFER_MODES),
     "receiver": _str(True),
     "receiver_num_blocks": _int_in(2, 1 << 31, optional=True),
+    "decode_instances": _int_in(1, 64),
     "transfer_deadline_s": _seconds(3600.0),
     "verify_transfer": _bool,
     "auth_key_file": _str(True),

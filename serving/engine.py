@@ -32,7 +32,7 @@ from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, Sche
 from graphbatch.transfer.decoding import DecodeInfo
 
 from .config import EngineConfig
-from .kv_link import open_sender
+from .links import DecodeLinks, Link
 from .metrics import EngineStats, Histogram, empty_requests
 from .outputs import ABORTED, FAILED, PREFILLED, SENT, RequestOutput
 
@@ -54,7 +54,10 @@ class _Req:
     logprob: float | None = None
     ttft_s: float | None = None
     abort_reason: str | None = None
+    fail_reason: str | None = None  # failed while its layers may be in flight: once freed
     sent: Any = None  # the sender's Sent record, while the decode side decodes
+    link: Link | None = None  # the decode instance its KV goes to
+    num_blocks: int = 0  # routed there
 
     @property
     def rid(self) -> str:
@@ -132,13 +135,26 @@ class PrefillEngine:
             use_cuda_graph=not cfg.enforce_eager,
             memory_tracker=memory_tracker,
         )
+        layered = cfg.transfer == "nixl" and cfg.transfer_mode == "layer"
+        flags = self.executor.enable_layer_flags() if layered else None  # before capture
         self.executor.capture(memory_fraction=0.5 if memory_tracker is not None else None)
-        self.sender = self.local_receiver = None
+        self.links = None
         if cfg.transfer == "nixl":
             memory = self.executor.kv_memory()
-            self.sender, self.local_receiver = open_sender(
-                cfg, memory, sched_cfg.num_kv_blocks, self._stack
-            )
+            self.links = DecodeLinks(cfg, memory, sched_cfg.num_kv_blocks, self._stack, flags)
+            if layered:  # eager steps (the CPU): post each layer right after it is written
+                self.executor.on_layer = lambda layer: self.links.pump()
+
+    @property
+    def sender(self):
+        """The first decode instance's KVSender (None without a transfer, or while it is
+        down); ``links`` has every one."""
+        return self.links.links[0].sender if self.links else None
+
+    @property
+    def local_receiver(self):
+        """The first receiver process started here (None if none was)."""
+        return self.links.links[0].local if self.links else None
 
     # ---- any thread ----------------------------------------------------------------
     def add_request(
@@ -248,8 +264,7 @@ class PrefillEngine:
         self._collect()
         self._admit()
         ran = self._run_batch()
-        waiting = self.sender is not None and (self.sender.in_flight or self.sender.decoding)
-        if not ran and not self._done and waiting:
+        if not ran and not self._done and self.links is not None and self.links.waiting:
             self._collect(wait_s=self.config.idle_wait_s)  # nothing to compute: wait a little
         free = self.scheduler.stats().free_blocks
         with self._lock:
@@ -287,7 +302,7 @@ class PrefillEngine:
         elif rec.stage == DECODING:  # its blocks are back; the continuation is dropped
             self._finish(rec, ABORTED, error=reason, sent=rec.sent)
         else:  # its KV is the sender's: KVSender.cancel's rule decides, both sides agree
-            self.sender.cancel(rid, reason)
+            self._cancel(rec, reason)
 
     def _admit(self) -> None:
         while self._queued:
@@ -313,95 +328,159 @@ class PrefillEngine:
         if d is None:
             return False
         announced, refused = self._announce(d)
+        early = self._register_early(d.step, announced, refused)  # layer mode
+        pump = self.links.pump if early is not None else None
         try:
-            out = self.executor.execute(d)
+            out = self.executor.execute(d, while_running=pump)
         except BoundsError as e:  # its requests fail; the step's other results stand
             for rid in e.request_ids:
-                self._fail_scheduled(rid, f"bounds error: {e}")
+                self._fail(rid, f"bounds error: {e}", early)
             out = e.output
         now = time.perf_counter()
         for rid in out.nonfinite_request_ids:
-            self._fail_scheduled(rid, "non-finite logits: NaN or no finite value")
+            self._fail(rid, "non-finite logits: NaN or no finite value", early)
         moved = []
         for rid in self.scheduler.update(d, out.sampled):
             rec = self._live[rid]
             rec.first_token, rec.logprob = int(out.token_ids[rid]), float(out.logprobs[rid])
             rec.ttft_s = now - rec.arrival
-            if rid in refused:  # the decode side can never hold it: it fails alone
+            cached = self.scheduler.num_cached(rid)  # grows when it is first scheduled
+            with self._lock:
+                self._cached_tokens += cached - rec.cached_tokens
+            rec.cached_tokens = cached
+            if rid in refused:  # no decode instance can hold it: it fails alone
                 self._fail_scheduled(rid, f"KV transfer: {refused[rid]}")
             else:
                 moved.append(rid)
-        if self.sender is None:
+        if self.links is None:
             for rid in moved:
                 self.scheduler.release(rid)
                 self._finish(self._live[rid], PREFILLED)
         else:
             for rid in moved:
                 self._live[rid].stage = TRANSFERRING
-            self._register(d.step, moved, announced)
+            if early is None:
+                self._register(d.step, moved, announced)
+            else:
+                self._first_tokens(
+                    d.step, moved, {r: announced[r] for r in announced if r not in early}
+                )
         with self._lock:
             self._steps += 1
             self._computed_tokens += d.num_tokens
             self._padded_tokens += d.token_capacity
         return True
 
-    def _announce(self, d) -> tuple[set[str], dict[str, str]]:
-        """Requests whose prompt this step finishes: the decode side allocates their
-        blocks while the step runs. Returns those announced, and those the sender
-        refused (request id -> why; e.g. more blocks than the receiver has)."""
-        announced: set[str] = set()
+    def _announce(self, d) -> tuple[dict[str, Link], dict[str, str]]:
+        """Requests whose prompt this step finishes, each routed to a decode instance
+        that allocates its blocks while the step runs. Returns those announced (with
+        their link), and those no instance takes (id -> why; e.g. more blocks than it
+        has)."""
+        announced: dict[str, Link] = {}
         refused: dict[str, str] = {}
-        if self.sender is None:
+        if self.links is None:
             return announced, refused
         for i in np.flatnonzero(d.sample_mask[: d.num_seqs]):
             rid = d.request_ids[i]
-            try:
-                self.sender.announce(rid, len(self.scheduler.block_ids(rid)))
-                announced.add(rid)
-            except ValueError as e:  # its descriptor row is live: it fails after the step
-                refused[rid] = str(e)
+            rec = self._live[rid]
+            n = len(self.scheduler.block_ids(rid))
+            link, why = self.links.route(rid, n)
+            if link is None:  # its descriptor row is live: it fails after the step
+                refused[rid] = why
+            else:
+                rec.link, rec.num_blocks = link, n
+                announced[rid] = link
         return announced, refused
 
-    def _register(self, step: int, moved: list[str], announced: set[str]) -> None:
-        """Every step registers (an empty list too) and signals its KV readiness."""
-        sched = self.scheduler
-        entries = [
-            (r, sched.block_ids(r), sched.first_token(r), self._decode_info(r)) for r in moved
-        ]
-        try:
-            self.sender.register(step, entries)
-        except ValueError as e:  # nothing registered: these fail, the step still joins
-            for rid in moved:
-                self._fail_scheduled(rid, f"KV transfer: {e}")
-            moved = []
-            self.sender.register(step, [])
-        self.sender.ready(step, self.executor.step_event())
-        for rid in announced - set(moved):  # failed before its KV was complete
-            self.sender.withdraw(rid)
+    def _entries(self, rids, first_tokens: bool) -> dict[Link, list]:
+        sched, out = self.scheduler, {}
+        for rid in sorted(rids):
+            rec = self._live[rid]
+            tok = sched.first_token(rid) if first_tokens else None
+            entry = (rid, sched.block_ids(rid), tok, self._decode_info(rec))
+            out.setdefault(rec.link, []).append(entry)
+        return out
+
+    def _register(self, step: int, moved: list[str], announced: dict[str, Link]) -> None:
+        """Request mode: every live link registers the step (an empty list too) and
+        signals its KV readiness."""
+        refused = self.links.register(step, self._entries(moved, first_tokens=True))
+        for rid, why in refused.items():  # nothing registered there: it fails alone
+            self._fail_scheduled(rid, f"KV transfer: {why}")
+        self.links.ready(step, self.executor.step_event())
+        for rid in set(announced) - set(moved):  # failed before its KV was complete
+            self._withdraw(rid, announced[rid])
         self._collect()  # post the writes now: they overlap the next step
 
-    def _decode_info(self, rid: str) -> dict | None:
-        """What a decoding receiver needs to continue the request (None: it does not)."""
-        if not self.sender.decode_tokens:
+    def _register_early(
+        self, step: int, announced: dict[str, Link], refused: dict
+    ) -> set[str] | None:
+        """Layer mode: register the requests this step finishes before it runs, so each
+        layer goes out as soon as it is written. Returns those registered (None in
+        request mode); a registration a link refuses fails them after the step."""
+        if self.links is None or not self.links.layered:
             return None
-        req = self._live[rid].request
+        failed = self.links.register(step, self._entries(announced, first_tokens=False))
+        refused.update(failed)
+        return set(announced) - set(failed)
+
+    def _first_tokens(self, step: int, moved: list[str], unregistered: dict[str, Link]) -> None:
+        """Layer mode, after the step: the first tokens its FINISH messages carry."""
+        tokens: dict[Link, dict[str, int]] = {}
+        for rid in moved:
+            rec = self._live[rid]
+            tokens.setdefault(rec.link, {})[rid] = rec.first_token
+        self.links.finish(step, tokens)
+        self.links.ready(step, self.executor.step_event())
+        for rid, link in unregistered.items():
+            self._withdraw(rid, link)
+        self._collect()
+
+    def _withdraw(self, rid: str, link: Link | None) -> None:
+        if link is not None and link.live:
+            link.sender.withdraw(rid)
+
+    def _fail(self, rid: str, reason: str, early: set[str] | None) -> None:
+        """A request fails in its step. Registered before the step ran (layer mode), its
+        layers may be on the wire: the sender cancels it and its blocks come back once
+        NIXL let go of them (reported then)."""
+        if early is None or rid not in early:
+            self._fail_scheduled(rid, reason)
+            return
+        rec = self._live[rid]
+        rec.fail_reason, rec.stage = reason, TRANSFERRING
+        self._cancel(rec, reason)
+
+    def _cancel(self, rec: _Req, reason: str) -> None:
+        if rec.link.sender is not None:
+            rec.link.sender.cancel(rec.rid, reason)
+
+    def _decode_info(self, rec: _Req) -> dict | None:
+        """What a decoding receiver needs to continue the request (None: it does not)."""
+        if not rec.link.sender.decode_tokens:
+            return None
+        req = rec.request
         return DecodeInfo(len(req.prompt_token_ids), req.sampling).to_json()
 
     def _collect(self, wait_s: float = 0.0) -> None:
-        """The sender's news: acked requests are released and sent, aborted ones fail
+        """Every link's news: acked requests are released and sent, aborted ones fail
         (or end aborted, if abort() asked)."""
-        if self.sender is None:
+        if self.links is None:
             return
         with nvtx_range("kv-transfer", color="green"):
-            p = self.sender.wait(wait_s) if wait_s else self.sender.progress()
+            for link, p in self.links.collect(wait_s):
+                self._progress(link, p)
+
+    def _progress(self, link: Link, p) -> None:
         for s in sorted(p.sent, key=lambda s: s.acked_at):
             rec = self._live[s.request_id]
             self.scheduler.release(rec.rid)
+            self.links.ended(link, rec.num_blocks, s.nbytes)
             start = s.acked_at - s.write_s
             with self._lock:  # busy time: acks come in order, so the union grows at its end
                 self._busy_s += s.acked_at - max(start, self._busy_until)
-                self._busy_until = s.acked_at
-            if self.sender.decode_tokens:  # final once the continuation is back
+                self._busy_until = max(self._busy_until, s.acked_at)
+            if link.sender.decode_tokens:  # final once the continuation is back
                 rec.stage, rec.sent = DECODING, s
             else:
                 self._finish(rec, SENT, sent=s)
@@ -416,7 +495,10 @@ class PrefillEngine:
         for a in p.aborted:  # its blocks are free of NIXL now: the scheduler may reuse them
             rec = self._live[a.request_id]
             self.scheduler.abort(rec.rid)
-            if rec.abort_reason is None:
+            self.links.ended(link, rec.num_blocks, None)
+            if rec.fail_reason is not None:
+                self._finish(rec, FAILED, error=rec.fail_reason)
+            elif rec.abort_reason is None:
                 self._finish(rec, FAILED, error=f"KV transfer: {a.reason}")
             else:
                 why = rec.abort_reason
@@ -424,8 +506,12 @@ class PrefillEngine:
 
     def _fail_scheduled(self, rid: str, reason: str) -> None:
         """Out of the scheduler (its blocks back) and failed."""
+        rec = self._live[rid]
+        if rec.link is not None:  # routed, none of its KV went out
+            self.links.ended(rec.link, rec.num_blocks, None)
+            rec.link = None
         self.scheduler.abort(rid)
-        self._finish(self._live[rid], FAILED, error=reason)
+        self._finish(rec, FAILED, error=reason)
 
     def _finish(
         self, rec: _Req, status: str, error: str | None = None, sent=None, decoded=None

@@ -1,5 +1,6 @@
-"""The engine's link to the decode instance: a ``KVSender`` to the configured receiver,
-or to a receiver process started here with a fresh key only these two processes hold."""
+"""The engine's connections to decode instances: a ``KVSender`` to a receiver address
+(its key: ``auth_key``, ``--auth-key-file`` or ``$GRAPHBATCH_AUTH_KEY``), and receiver
+processes started here, each with a fresh key only these two processes hold."""
 
 from __future__ import annotations
 
@@ -9,30 +10,46 @@ import secrets
 from .config import EngineConfig
 
 
-def open_sender(config: EngineConfig, memory, num_kv_blocks: int, stack: contextlib.ExitStack):
-    """(sender, the local ReceiverProcess or None); both closed by ``stack``.
-    TransferError / RuntimeError when the receiver cannot be started or reached."""
-    from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess
+def start_local_receiver(
+    config: EngineConfig, memory, num_kv_blocks: int, stack: contextlib.ExitStack
+):
+    """(ReceiverProcess, its address "host:port", its key); stopped by ``stack``.
+    RuntimeError when it cannot start."""
+    from graphbatch.transfer import ReceiverConfig, ReceiverProcess
+
+    insecure = config.insecure_no_auth
+    key = config.auth_key or (None if insecure else secrets.token_bytes(32))
+    rcfg = ReceiverConfig(
+        memory.layout,
+        config.receiver_num_blocks or num_kv_blocks,
+        verify=config.verify_transfer,
+        auth_key=key,
+        allow_unauthenticated=insecure,
+        lease_s=max(60.0, 2 * config.transfer_deadline_s),  # outlives the sender's deadline
+        **_decoding(config),
+    )
+    local = stack.enter_context(ReceiverProcess(rcfg))
+    return local, f"{local.address[0]}:{local.address[1]}", key
+
+
+def open_sender(
+    config: EngineConfig,
+    memory,
+    address: str,
+    key: bytes | None,
+    stack: contextlib.ExitStack,
+    layer_flags=None,
+    connect_timeout_s: float = 30.0,
+):
+    """A KVSender to ``address`` (``key``: a local receiver's; None: the configured
+    one), closed by ``stack``. With ``layer_flags`` (``GraphExecutor.enable_layer_flags()``)
+    it sends layer by layer. TransferError when it cannot connect or handshake."""
+    from graphbatch.transfer import KVSender
     from graphbatch.transfer.auth import key_for_cli
 
     insecure = config.insecure_no_auth
-    local = None
-    if config.receiver is None:
-        key = config.auth_key or (None if insecure else secrets.token_bytes(32))
-        rcfg = ReceiverConfig(
-            memory.layout,
-            config.receiver_num_blocks or num_kv_blocks,
-            verify=config.verify_transfer,
-            auth_key=key,
-            allow_unauthenticated=insecure,
-            lease_s=max(60.0, 2 * config.transfer_deadline_s),  # outlives the sender's deadline
-            **_decoding(config),
-        )
-        local = stack.enter_context(ReceiverProcess(rcfg))
-        address = local.address
-    else:
+    if key is None and not insecure:
         key = config.auth_key or key_for_cli(config.auth_key_file, insecure)
-        address = config.receiver
     sender = KVSender(
         memory,
         address,
@@ -40,9 +57,11 @@ def open_sender(config: EngineConfig, memory, num_kv_blocks: int, stack: context
         deadline_s=config.transfer_deadline_s,
         auth_key=key,
         allow_unauthenticated=insecure,
+        connect_timeout_s=connect_timeout_s,
+        layer_flags=layer_flags,
     )
     stack.callback(sender.close)
-    return sender, local
+    return sender
 
 
 def _decoding(config: EngineConfig) -> dict:

@@ -40,7 +40,14 @@ class TransferEngine(Protocol):
     def metadata(self) -> bytes: ...  # what a peer needs to write here
     def add_peer(self, metadata: bytes, memory: KVMemory) -> str: ...
     def remove_peer(self, name: str) -> None: ...
-    def write(self, peer: str, src: np.ndarray, dst: np.ndarray, notif: bytes) -> Any: ...
+    def write(
+        self,
+        peer: str,
+        src: np.ndarray,
+        dst: np.ndarray,
+        notif: bytes,
+        tensors: range | None = None,
+    ) -> Any: ...
     def poll(self, handle: Any) -> bool: ...  # True once complete; raises TransferError
     def cancel(self, handle: Any) -> bool: ...  # False: cannot let go of it yet
     def notifications(self) -> dict[str, list[bytes]]: ...
@@ -130,13 +137,21 @@ class NixlEngine:
             except Exception as e:  # a dead peer may refuse the goodbye: nothing to free
                 log.debug("removing peer %s: %s", name, e)
 
-    def write(self, peer: str, src_blocks: np.ndarray, dst_blocks: np.ndarray, notif: bytes):
-        """Start one WRITE of every tensor's ``src_blocks`` into the peer's ``dst_blocks``;
-        the peer gets ``notif`` once all of it landed. Returns a handle for poll/cancel."""
+    def write(
+        self,
+        peer: str,
+        src_blocks: np.ndarray,
+        dst_blocks: np.ndarray,
+        notif: bytes,
+        tensors: range | None = None,
+    ):
+        """Start one WRITE of ``src_blocks`` into the peer's ``dst_blocks`` in every tensor
+        of ``tensors`` (default: all); the peer gets ``notif`` once all of it landed.
+        Returns a handle for poll/cancel."""
         dlist, remote = self._remote[peer]
         try:
             with self._lock:
-                h = self._post(dlist, remote, src_blocks, dst_blocks, notif)
+                h = self._post(dlist, remote, src_blocks, dst_blocks, notif, tensors)
         except Exception as e:
             raise (PeerDisconnected if _is_disconnect(e) else TransferError)(
                 f"NIXL write to {peer}: {type(e).__name__}: {e}"
@@ -145,13 +160,13 @@ class NixlEngine:
             raise TransferError(f"NIXL write to {peer}: posting failed")
         return h
 
-    def _post(self, dlist, remote, src_blocks, dst_blocks, notif):
+    def _post(self, dlist, remote, src_blocks, dst_blocks, notif, tensors=None):
         h = self.agent.make_prepped_xfer(
             "WRITE",
             self._local,
-            self.memory.indices(src_blocks),
+            self.memory.indices(src_blocks, tensors),
             dlist,
-            remote.indices(dst_blocks),
+            remote.indices(dst_blocks, tensors),
             notif,
         )
         if self.agent.transfer(h) == "ERR":

@@ -107,8 +107,60 @@ class Lender:
         if not isinstance(note, dict):
             raise wire.ProtocolError(f"not an object: {str(note)[:80]!r}")
         rid = wire.field(note, "rid", str)
-        tok = wire.int_field(note, "tok", -(1 << 63), (1 << 63) - 1)
-        checksum = note.get("sum")
+        lease = self._lease(peer, rid)
+        if lease is None:
+            return
+        if rid == wire.WARM_UP:  # the sender's warm-up write: the block goes back, nothing received
+            self._end_lease(peer, rid)
+            self.warm_ups += 1
+            self._reply(peer, wire.ACK, rid=rid)
+            return
+        if "t" in note:  # one layer range of a layer-wise request
+            self._tensors_landed(lease, rid, note)
+            self._complete_if_whole(peer, rid, lease)
+            return
+        self._complete(peer, rid, lease, self._finish_fields(note))
+
+    def finish(self, peer: Peer, msg: dict) -> None:
+        """A layer-wise request's FINISH (first token, checksum, decode info): it is
+        acked once every tensor's write has landed too, in whichever order they come."""
+        rid = wire.field(msg, "rid", str)
+        lease = self._lease(peer, rid)
+        if lease is None:
+            return
+        if lease.finish is not None:
+            raise wire.ProtocolError(f"request {rid[:80]!r} finished twice")
+        lease.finish = self._finish_fields(msg)
+        self._complete_if_whole(peer, rid, lease)
+
+    @staticmethod
+    def _finish_fields(msg: dict) -> dict:
+        return {
+            "tok": wire.int_field(msg, "tok", -(1 << 63), (1 << 63) - 1),
+            "sum": msg.get("sum"),
+            "dec": msg.get("dec"),
+        }
+
+    def _tensors_landed(self, lease: Lease, rid: str, note: dict) -> None:
+        n = self.memory.layout.num_tensors
+        span = wire.field(note, "t", list)
+        if len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span):
+            raise wire.ProtocolError(f"request {rid[:80]!r}: tensor range {str(span)[:40]!r}")
+        a, b = span
+        if not 0 <= a < b <= n:
+            raise wire.ProtocolError(f"request {rid[:80]!r}: tensors [{a}, {b}) outside [0, {n})")
+        if lease.tensors is None:
+            lease.tensors = np.zeros(n, dtype=bool)
+        if lease.tensors[a:b].any():
+            raise wire.ProtocolError(f"request {rid[:80]!r}: tensors [{a}, {b}) written twice")
+        lease.tensors[a:b] = True
+
+    def _complete_if_whole(self, peer: Peer, rid: str, lease: Lease) -> None:
+        if lease.finish is not None and lease.tensors is not None and lease.tensors.all():
+            self._complete(peer, rid, lease, lease.finish)
+
+    def _lease(self, peer: Peer, rid: str) -> Lease | None:
+        """The request's lease; None (after answering) when it has none."""
         lease = peer.slots.get(rid)
         if lease is None:
             if rid in peer.closed:  # aborted or expired meanwhile: its write raced that
@@ -124,13 +176,11 @@ class Lender:
             reason = "notified a write for a request not lent to it"
             self._reply(peer, wire.REFUSED, rid=rid, reason=reason)
             peer.gone = PeerGone(f"notified a write for {rid[:80]!r}, which was not lent to it")
-            return
-        blocks = lease.blocks
-        if rid == wire.WARM_UP:  # the sender's warm-up write: the block goes back, nothing received
-            self._end_lease(peer, rid)
-            self.warm_ups += 1
-            self._reply(peer, wire.ACK, rid=rid)
-            return
+        return lease
+
+    def _complete(self, peer: Peer, rid: str, lease: Lease, fin: dict) -> None:
+        """Every byte of the request landed: check it, ack it, keep (or decode) it."""
+        blocks, tok, checksum = lease.blocks, fin["tok"], fin["sum"]
         mine = self.memory.checksum(blocks) if self.config.verify else None
         if mine is not None and mine != checksum:
             self.nacked += 1
@@ -146,7 +196,7 @@ class Lender:
             self.received[(peer.agent, rid)] = got
         self._reply(peer, wire.ACK, rid=rid, blocks=blocks.tolist(), sum=mine)
         if self.on_received is not None:  # decoding starts once the sender was told
-            self.on_received(peer, rid, blocks.tolist(), tok, note.get("dec"))
+            self.on_received(peer, rid, blocks.tolist(), tok, fin["dec"])
 
     def release(self, sender: str, request_id: str) -> None:
         got = self.received.pop((sender, request_id), None)

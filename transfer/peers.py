@@ -144,6 +144,9 @@ class FramedSocket:
 class Lease:
     blocks: np.ndarray
     lent_at: float
+    # layer-wise sending: the tensors whose write has landed, and the sender's FINISH
+    tensors: np.ndarray | None = None  # bool [num_tensors], once the first range came
+    finish: dict | None = None
 
 
 @dataclass(eq=False)  # one per connection, hashed by identity

@@ -188,6 +188,8 @@ class KVReceiver:
             self.blocks.alloc(peer, wire.field(msg, "rid", str), n)
         elif kind == wire.ABORT:
             self.blocks.abort(peer, wire.field(msg, "rid", str))
+        elif kind == wire.FINISH:
+            self.blocks.finish(peer, msg)
         elif kind == wire.BYE:
             peer.gone = PeerGone("said goodbye", fault=False)
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from .continuations import Continuations
 from .engine import NixlEngine, PeerDisconnected, TransferEngine, TransferError
 from .inbox import Inbox
 from .join import StepJoin
+from .layers import LayerPoster, finish_fields
 from .records import Aborted, Progress, Sent, check_entries
 
 log = logging.getLogger("graphbatch.transfer")
@@ -37,8 +38,9 @@ log = logging.getLogger("graphbatch.transfer")
 class _Req:
     rid: str
     blocks: np.ndarray
-    first_token: int
+    first_token: int | None  # None: registered before its step ran (layer mode)
     decode: dict | None  # for a decoding receiver: the request's DecodeInfo
+    step: int = -1
     ready_at: float | None = None
     dst: np.ndarray | None = None
     handle: Any = None
@@ -47,6 +49,16 @@ class _Req:
     abort: str | None = None  # set: aborting, waiting for NIXL to let go of the blocks
     cancel: str | None = None  # cancel()'s reason; after the write: the receiver decides
     told: bool = False  # the receiver was sent our ABORT
+    # layer mode: writes of the layers posted so far, and whether FINISH went out
+    handles: list = field(default_factory=list)
+    layers_posted: int = 0
+    final: bool = False
+
+    @property
+    def committed(self) -> bool:
+        """The receiver may ack it now (its write, or its FINISH, went out): only the
+        receiver knows its outcome."""
+        return self.handle is not None or self.final
 
 
 @dataclass
@@ -73,6 +85,7 @@ class KVSender:
         allow_unauthenticated: bool = False,
         connect_timeout_s: float = 30.0,
         engine: TransferEngine | None = None,
+        layer_flags: Any = None,
     ) -> None:
         if not isinstance(memory, KVMemory):
             raise TypeError(f"memory must be a KVMemory, got {type(memory).__name__}")
@@ -86,6 +99,13 @@ class KVSender:
         self.memory, self.deadline_s, self.verify = memory, float(deadline_s), bool(verify)
         self.block_nbytes = memory.layout.num_tensors * memory.layout.block_bytes
         self.engine = engine or NixlEngine(memory)
+        # layer mode (``GraphExecutor.enable_layer_flags()``): each layer goes out once
+        # written; requests may be registered before their step runs (first token None)
+        self.layers = (
+            None
+            if layer_flags is None
+            else LayerPoster(layer_flags, self.engine, memory.layout.num_tensors)
+        )
         self._join: StepJoin[_Req] = StepJoin()
         self.continuations = Continuations(self.deadline_s)  # acked, decoding there
         self._reqs: dict[str, _Req] = {}  # registered, not yet sent or aborted
@@ -135,15 +155,18 @@ class KVSender:
         self._send(wire.ABORT, rid=request_id, reason="withdrawn before its KV was complete")
         return True
 
-    def register(self, step: int, requests: list[tuple[str, Any, int]]) -> None:
-        """The requests (id, block ids, first token) whose prompt finished in ``step``.
-        Call it once per step, with an empty list too. Raises ValueError (nothing
+    def register(self, step: int, requests: list[tuple[str, Any, int | None]]) -> None:
+        """The requests (id, block ids, first token[, decode info]) whose prompt finishes
+        in ``step``. Call it once per step, with an empty list too. In layer mode it may
+        come before the step runs, with first token None (``finish()`` gives it after),
+        so that layers go out while the step computes. Raises ValueError (nothing
         changes) for a bad entry or an id already in flight."""
         announced = {rid: e.num_blocks for rid, e in self._early.items()}
         checked = check_entries(
-            step, requests, self._reqs, announced, self.memory.num_blocks, self.remote.num_blocks
-        )
-        reqs = [_Req(*entry) for entry in checked]
+            step, requests, self._reqs, announced, self.memory.num_blocks, self.remote.num_blocks,
+            pending_token=self.layers is not None,
+        )  # fmt: skip
+        reqs = [_Req(*entry, step=step) for entry in checked]
         self._join.register(step, reqs)  # raises on a repeated step: nothing changed
         for r in reqs:
             self._reqs[r.rid] = r
@@ -156,6 +179,30 @@ class KVSender:
     def ready(self, step: int, event: Any = None) -> None:
         """The step's KV writes are complete (now, or once ``event.query()``)."""
         self._join.ready(step, event)
+
+    def finish(self, step: int, first_tokens: dict[str, int]) -> None:
+        """Layer mode: the first tokens of requests registered for ``step`` before it ran.
+        ValueError (nothing changes) for a request not registered for that step without
+        a token; a registered request that gets none must be ``cancel()``ed."""
+        reqs = []
+        for rid, tok in first_tokens.items():
+            r = self._reqs.get(rid)
+            if r is None or r.step != step or r.first_token is not None:
+                raise ValueError(f"request {rid!r} is not awaiting a first token for step {step}")
+            if isinstance(tok, bool) or not isinstance(tok, int | np.integer):
+                raise ValueError(f"request {rid!r}: first token {tok!r} is not an int")
+            reqs.append((r, int(tok)))
+        for r, tok in reqs:
+            r.first_token = tok
+
+    def pump(self) -> None:
+        """Layer mode, while a step runs: read the receiver's news and post every layer
+        that is written. Cheap enough to call after each layer."""
+        if self.layers is None:
+            return
+        self._drain()
+        for r in list(self._reqs.values()):
+            self._post_layers(r)
 
     def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
         """Cancel a registered request. One rule, so that both sides report the same:
@@ -179,7 +226,7 @@ class KVSender:
         r.cancel = r.cancel or reason
         if r.abort is not None:
             return True
-        if r.handle is not None:
+        if r.committed:
             return False  # NIXL may deliver it any moment: only the receiver knows
         r.abort = reason
         self._tell_abort(r)  # frees its blocks there now, not once the step is complete
@@ -195,6 +242,8 @@ class KVSender:
             r.ready_at = now
         self._drain()
         for r in list(self._reqs.values()):
+            if self.layers is not None and r.ready_at is None:
+                self._post_layers(r)  # layers written so far go out while the step runs
             if r.ready_at is None:
                 continue  # its step's KV is not complete: nothing may read it yet
             if r.abort is None and self.disconnected:
@@ -203,6 +252,8 @@ class KVSender:
                 r.abort = f"transfer deadline {self.deadline_s:g} s passed ({self._stage(r)})"
             if r.abort is not None:
                 self._finish_abort(r)
+            elif self.layers is not None:
+                self._advance_layers(r)
             elif r.handle is None and r.dst is not None:
                 self._post(r)
             elif r.handle is not None and not r.written:
@@ -242,6 +293,11 @@ class KVSender:
         return queued + (self._held is not None)
 
     @property
+    def unallocated(self) -> list[str]:
+        """Registered requests the receiver has not given blocks yet (nor refused)."""
+        return [r.rid for r in self._reqs.values() if r.dst is None and r.abort is None]
+
+    @property
     def awaiting_blocks(self) -> list[str]:
         """Announced, not yet registered requests the receiver has not answered."""
         return [rid for rid, e in self._early.items() if e.dst is None and e.refused is None]
@@ -265,6 +321,27 @@ class KVSender:
         except TransferError as e:
             self._failed(r, e)
 
+    def _post_layers(self, r: _Req) -> None:
+        try:
+            self.layers.post_ready(self.peer, r)
+        except TransferError as e:
+            self._failed(r, e)
+
+    def _advance_layers(self, r: _Req) -> None:
+        """Post what is left, poll the writes, send FINISH once it is due."""
+        self._post_layers(r)
+        if r.abort is not None:
+            return
+        try:
+            self.layers.poll(r)
+        except TransferError as e:
+            self._failed(r, e)
+            return
+        if self.layers.finish_due(r):
+            checksum = self.memory.checksum(r.blocks) if self.verify else None
+            self._send(wire.FINISH, **finish_fields(r, checksum))
+            r.final = True
+
     def _poll(self, r: _Req) -> None:
         try:
             r.written = self.engine.poll(r.handle)
@@ -284,6 +361,8 @@ class KVSender:
             if not self.engine.cancel(r.handle):
                 return  # NIXL may still read the blocks: keep them, retry next progress
             r.handle = None
+        if self.layers is not None and not self.layers.release(r):
+            return
         self._reqs.pop(r.rid, None)
         self._tell_abort(r)
         log.warning("KV transfer of %r aborted: %s", r.rid, r.abort)
@@ -340,10 +419,13 @@ class KVSender:
         elif kind in (wire.REFUSED, wire.NACK):
             r.abort = f"decode receiver {kind}: {msg.get('reason')}"
         elif kind == wire.ACK:
-            if r.handle is None:
+            if not r.committed:
                 raise wire.ProtocolError(f"request {rid!r} acked before it was written")
-            self.engine.cancel(r.handle)  # complete: this only frees the handle
-            r.handle = None
+            if r.handle is not None:
+                self.engine.cancel(r.handle)  # complete: this only frees the handle
+                r.handle = None
+            if self.layers is not None:
+                self.layers.release(r)
             now = max(at, r.posted_at)
             del self._reqs[rid]
             nbytes = int(r.blocks.size) * self.block_nbytes
@@ -371,7 +453,11 @@ class KVSender:
             self._lost(f"control connection closed ({type(e).__name__}: {e})")
 
     def close(self) -> None:
-        """Say goodbye and free the agent (requests still in flight are dropped)."""
+        """Say goodbye and free the agent (requests still in flight are dropped).
+        Idempotent."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self._send(wire.BYE)
         if getattr(self, "_inbox", None) is not None:
             self._inbox.close()

@@ -19,6 +19,10 @@ from graphbatch.kvcache import KVLayout
 
 # sender -> receiver
 ANSWER, HELLO, ALLOC, ABORT, BYE = "answer", "hello", "alloc", "abort", "bye"
+# layer-wise sending: each layer's write notifies its tensor range; the request's first
+# token (and checksum, decode info) comes in FINISH, and the receiver acks once it has
+# every tensor and the FINISH, in whatever order they came
+FINISH = "finish"
 # receiver -> sender
 CHALLENGE, PROOF, OPEN = "challenge", "proof", "open"
 WELCOME, REFUSED, ALLOCATED, ACK, NACK = "welcome", "refused", "allocated", "ack", "nack"

@@ -171,7 +171,7 @@ def test_ctrl_c_stops_cleanly_with_the_summary_and_exit_130(capsys, monkeypatch)
     [
         ("graphbatch.cli.run_cmd", "load_model"),
         ("graphbatch.serving.engine", "GraphExecutor"),
-        ("graphbatch.serving.engine", "open_sender"),
+        ("graphbatch.serving.links", "open_sender"),
     ],
 )
 def test_ctrl_c_before_serving_exits_130_without_a_traceback(capsys, monkeypatch, module, where):

@@ -58,6 +58,7 @@ def test_captured_step_is_sync_free_for_every_bucket(model, backend):
     # tiny: the reference decoder; the others the real decoder (RoPE gathers, fused QKV,
     # QKV bias, q/k norm, tied head) with random weights, as a checkpoint would load it
     ex = GraphExecutor(_model(model), SCHED, backend=backend, device="cpu")
+    ex.enable_layer_flags()  # the step a layer-wise KV transfer captures: + layer signals
     s = scheduler_with(requests([("a", 50, {"top_p": 0.9, "min_p": 0.1}), ("b", 9, {"top_k": 3})]))
     ex.buffers.load(s.schedule())  # real rows and padding rows in the buffers
     for bucket in SCHED.buckets:

@@ -339,13 +339,15 @@ def executor_drives() -> list[tuple[str, str, Callable[[], object], object]]:
 
 
 def _executor_calls(verbose: bool = False) -> int:
-    from graphbatch.executor import GraphExecutor
+    from graphbatch.executor import GraphExecutor, KVCacheModel
 
     steps = 0
     with _shape_only_matmuls():
         for label, backend, make, sched in executor_drives():
             t0 = time.perf_counter()
             ex = GraphExecutor(make(), sched, backend, device="cpu", use_cuda_graph=False)
+            if isinstance(ex.model, KVCacheModel):  # layer-wise KV transfer: + layer_signal
+                ex.enable_layer_flags()
             with recording("executor", backend):
                 for bucket in sched.buckets:
                     ex._forward_and_sample(bucket)

@@ -72,12 +72,25 @@ def full_state(s: PrefillScheduler) -> tuple:
             q.first_token,
             q.arrival,
             tuple(q.block_ids.tolist()),
-            tuple(q.chain),
+            (q.num_linked, q.link_serial, q.link_block, q.num_shared, q.matched_at),
+            (q.num_cached, q.copy_src, q.copy_len),
         )  # fmt: skip
         for rid, q in s._seqs.items()
     )
     steps = tuple((k, r.executed) for k, r in s._outstanding.items())
-    return seqs, tuple(s.blocks._free), steps, s._steps, s._arrivals, cached(s)
+    refs = tuple(s.blocks._ref)
+    return seqs, tuple(s.blocks._free), refs, steps, s._steps, s._arrivals, cached(s)
+
+
+def owners(s: PrefillScheduler) -> dict[int, int]:
+    """Each owned block's owners: requests holding it, pending copies reading it."""
+    out: dict[int, int] = {}
+    for q in s._seqs.values():
+        for b in q.block_ids.tolist():
+            out[b] = out.get(b, 0) + 1
+        if q.copy_src >= 0:
+            out[q.copy_src] = out.get(q.copy_src, 0) + 1
+    return out
 
 
 def cached(s: PrefillScheduler) -> frozenset[int]:
@@ -105,15 +118,25 @@ class KVModel:
             for q in range(len(prefix))
         )
 
+    def copy(self, d) -> None:
+        """The step's sub-block copies (the executor runs them before the forward)."""
+        k = d.num_copies
+        got = [self.slots.get(int(s)) for s in d.copy_src_slots[:k]]
+        for dst, v in zip(d.copy_dst_slots[:k].tolist(), got, strict=True):
+            self.slots[dst] = v
+
     def run(self, table, prompt: list[int], start: int, end: int) -> None:
         """An executed chunk [start, end) of ``prompt``."""
         ok = self.holds(table, prompt[:start])
         for q in range(start, end):
             self.slots[self._slot(table, q)] = tuple(prompt[: q + 1]) if ok else None
 
-    def block_holds(self, block: int, chain: np.ndarray) -> bool:
-        """Cached ``block`` (the last of ``chain``'s blocks) holds KV computed under
-        ``chain``: the tokens of every block from the root to it."""
-        bs, base = CFG.block_size, len(chain) - CFG.block_size
+    def block_holds(self, block: int, chain: np.ndarray, filled: int) -> bool:
+        """Cached ``block`` (the last of ``chain``'s blocks, its first ``filled`` slots
+        cached) holds KV computed under ``chain``: the tokens of every block from the
+        root to it."""
+        bs, base = CFG.block_size, len(chain) - filled
         toks = [int(t) for t in chain]
-        return all(self.slots.get(block * bs + o) == tuple(toks[: base + o + 1]) for o in range(bs))
+        return all(
+            self.slots.get(block * bs + o) == tuple(toks[: base + o + 1]) for o in range(filled)
+        )

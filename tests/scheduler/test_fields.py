@@ -18,10 +18,11 @@ def _step(config, sampling: SamplingParams | None = None):
 def test_built_descriptor_follows_the_table(config):
     d = _step(config)
     T, S, MB = d.token_capacity, config.max_num_seqs, config.max_blocks_per_seq
+    C = config.max_copy_slots
     for f in FIELDS:
         arr = getattr(d, f.name)
-        assert arr.dtype == f.dtype and arr.shape == f.axis.shape(T, S, MB), f.name
-        if f.axis is not Axis.TOKENS and f.name != "query_start_loc":
+        assert arr.dtype == f.dtype and arr.shape == f.axis.shape(T, S, MB, C), f.name
+        if f.axis not in (Axis.TOKENS, Axis.COPIES) and f.name != "query_start_loc":
             want = f.padded(arr[1:].shape, config.block_size, d.num_tokens)
             assert np.array_equal(arr[1:], want), f.name  # row 0 is the request
 

@@ -25,12 +25,12 @@ def one_key(parent: bytes, tokens) -> bytes:
     return b"k"
 
 
-def three_keys(parent: bytes, tokens) -> bytes:
-    return bytes([int(np.sum(tokens)) % 3])
+def three_keys(parent: bytes, tokens: bytes) -> bytes:
+    return bytes([int(np.frombuffer(tokens, pc.TOKEN_DTYPE).sum()) % 3])
 
 
-def tokens_only(parent: bytes, tokens) -> bytes:
-    return np.ascontiguousarray(tokens, dtype=np.int64).tobytes()
+def tokens_only(parent: bytes, tokens: bytes) -> bytes:
+    return bytes(tokens)
 
 
 class CollidingScheduler(HostileScheduler):
@@ -43,8 +43,7 @@ class CollidingScheduler(HostileScheduler):
 
         def key(parent: bytes, tokens) -> bytes:
             k = forced(parent, tokens)
-            toks = np.ascontiguousarray(tokens, dtype=np.int64).tobytes()
-            self.inputs.setdefault(k, set()).add(parent + b"|" + toks)
+            self.inputs.setdefault(k, set()).add(parent + b"|" + bytes(tokens))
             return k
 
         pc.block_key = key  # restored in teardown (hypothesis runs one machine at a time)

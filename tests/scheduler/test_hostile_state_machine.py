@@ -20,10 +20,20 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from .hostile_rules import HostileCalls
-from .machine_support import BOUNDARY_SAMPLING, CFG, KVModel, cached, executor, full_state
+from .machine_support import (
+    BOUNDARY_SAMPLING,
+    CFG,
+    KVModel,
+    cached,
+    executor,
+    full_state,
+    owners,
+)
 
-EXAMPLES = 2000
+EXAMPLES = int(__import__("os").environ.get("MACHINE_EXAMPLES", 2000))
 HIT_TOKENS: list[int] = []  # cached tokens of every next-round request, over the run
+# over the run: rows whose prefix was matched when first scheduled, sub-block copies
+LATE: dict[str, int] = {"rematched": 0, "copied": 0}
 BS = CFG.block_size
 
 
@@ -79,15 +89,28 @@ class HostileScheduler(HostileCalls, RuleBasedStateMachine):
         self._admit(prompt, sampling=SamplingParams(**sampling))
 
     @precondition(lambda self: self.prompts)
-    @rule(k=st.integers(0, 100), extra=st.integers(1, 20))
-    def add_next_round(self, k, extra):
-        # the next chat round: an earlier prompt + more tokens (the prefix cache's case)
+    @rule(k=st.integers(0, 100), extra=st.integers(1, 20), cut=st.integers(0, 48))
+    def add_next_round(self, k, extra, cut):
+        # the next chat round: an earlier prompt + more tokens (the prefix cache's case),
+        # or its first ``cut`` tokens + others (it diverges inside a block: a copy's case)
         base = list(self.prompts.values())[k % len(self.prompts)]
+        base = base[:cut] if cut else base
         rng = np.random.default_rng(self.counter)
         prompt = (base + rng.integers(0, CFG.vocab_size, extra).tolist())[: CFG.max_model_len]
         rid = self._admit(prompt)
         if rid is not None:
             HIT_TOKENS.append(self.s.num_cached(rid))
+
+    @precondition(lambda self: self.prompts)
+    @rule(k=st.integers(0, 100), extras=st.lists(st.integers(1, 12), min_size=2, max_size=3))
+    def add_together(self, k, extras):
+        # requests that arrive together sharing a prefix nobody has written yet: the later
+        # ones wait for the earlier one's step, then are matched when first scheduled
+        base = list(self.prompts.values())[k % len(self.prompts)][:30]
+        rng = np.random.default_rng(self.counter + 7)
+        shared = base + rng.integers(0, CFG.vocab_size, 5).tolist()
+        for n in extras:
+            self._admit((shared + rng.integers(0, CFG.vocab_size, n).tolist())[:48])
 
     @precondition(lambda self: self.prompts)
     @rule(k=st.integers(0, 100), how=st.sampled_from(["graft", "repeat"]))
@@ -112,19 +135,42 @@ class HostileScheduler(HostileCalls, RuleBasedStateMachine):
             return None
         d.validate()
         executor().check(d)  # current: the executor accepts it
+        copy_at = np.cumsum(d.copy_lens[: d.num_seqs]) - d.copy_lens[: d.num_seqs]
         for i, (rid, arrival) in enumerate(zip(d.request_ids, d.arrivals, strict=True)):
             lo, hi = d.query_start_loc[i], d.query_start_loc[i + 1]
             seen = self.seen[(rid, arrival)]
+            start, m = int(d.context_lens[i]), int(d.copy_lens[i])
+            assert m == 0 or start > len(seen)  # a copy starts where the shared blocks end
+            if start > len(seen):  # matched again when first scheduled
+                self._late_hit(d, i, seen, start, m, int(copy_at[i]))
             assert d.positions[lo:hi].tolist() == list(range(len(seen), len(seen) + hi - lo))
             seen.extend(d.input_ids[lo:hi].tolist())
             assert seen == self.prompts[rid][: len(seen)]
         # no write target is cached or shared: written blocks have one owner, no key
         written = set((d.slot_mapping[: d.num_tokens] // BS).tolist())
+        written |= set((d.copy_dst_slots[: d.num_copies] // BS).tolist())
         cache = self.s.blocks.cache
         for b in written:
             assert self.s.blocks.refcount(b) == 1 and b not in cache, f"writes block {b}"
         self.issued.append(d)
         return d
+
+    def _late_hit(self, d, i: int, seen: list[int], start: int, m: int, at: int) -> None:
+        """Row i starts past what it was admitted with: blocks registered since it came
+        are shared now, and the first m slots of its next block are copied. Both hold KV
+        somebody computed under exactly its prefix (a hit is never another prefix)."""
+        rid, table = d.request_ids[i], d.block_tables[i]
+        prompt = self.prompts[rid]
+        full = start - m
+        assert len(seen) % BS == 0 and full % BS == 0 and full >= len(seen)
+        assert self.kv.holds(table, prompt[:full])
+        for o in range(m):  # the source slots, which the step copies before the forward
+            src = int(d.copy_src_slots[at + o])
+            assert self.kv.slots.get(src) == tuple(prompt[: full + o + 1]), "copies other KV"
+            assert self.s.blocks.refcount(src // BS) >= 1  # pinned: never evicted first
+        LATE["rematched"] += full > len(seen)
+        LATE["copied"] += m > 0
+        seen.extend(prompt[len(seen) : start])
 
     @rule(flag=st.integers(0, 4))
     def serve(self, flag):
@@ -145,6 +191,7 @@ class HostileScheduler(HostileCalls, RuleBasedStateMachine):
             executor().check(d)
         except StaleDescriptor:
             return  # refused: nothing runs, nothing is marked
+        self.kv.copy(d)  # before the forward, as GraphExecutor._forward_and_sample does
         for i, rid in enumerate(d.request_ids):
             start, end = int(d.context_lens[i]), int(d.seq_lens[i])
             self.kv.run(d.block_tables[i], self.prompts[rid], start, end)
@@ -221,19 +268,17 @@ class HostileScheduler(HostileCalls, RuleBasedStateMachine):
     # ---- invariants -----------------------------------------------------------------
     @invariant()
     def block_accounting(self):
-        owners: dict[int, int] = {}
         for q in self.s._seqs.values():
             ids = q.block_ids.tolist()
             assert len(ids) == len(set(ids)) and 0 not in ids  # no block twice in a table
-            for b in ids:
-                owners[b] = owners.get(b, 0) + 1
+        own = owners(self.s)  # requests holding a block, pending copies reading one
         blocks = self.s.blocks
         for b in range(CFG.num_kv_blocks):  # reference counts equal the live owners
-            assert blocks.refcount(b) == owners.get(b, 0)
-        for b, n in owners.items():  # a block with two owners is a cached prefix block
+            assert blocks.refcount(b) == own.get(b, 0)
+        for b, n in own.items():  # a block with two owners is a cached prefix block
             assert n == 1 or b in blocks.cache
         # free (never used or evictable cached) + owned = total - 1 (the dummy block)
-        assert len(owners) + blocks.num_free == CFG.num_kv_blocks - 1
+        assert len(own) + blocks.num_free == CFG.num_kv_blocks - 1
 
     @invariant()
     def cached_blocks_hold_their_chain(self):
@@ -243,7 +288,8 @@ class HostileScheduler(HostileCalls, RuleBasedStateMachine):
         for b in cached(self.s):
             chain = cache.chain_tokens(b)
             if chain is not None:
-                assert self.kv.block_holds(b, chain), f"block {b} holds other KV"
+                filled = int(cache.filled[b])
+                assert self.kv.block_holds(b, chain, filled), f"block {b} holds other KV"
 
     @invariant()
     def outstanding_descriptors_validate(self):
@@ -264,7 +310,9 @@ TestHostileScheduler = HostileScheduler.TestCase
 
 
 def test_the_machine_exercised_prefix_hits():
-    # runs after the machine (file order): the cache was really hit
+    # runs after the machine (file order): the cache was really hit, also when requests
+    # were first scheduled (after they arrived), and sub-block copies ran
     if not HIT_TOKENS:
         pytest.skip("the state machine did not run in this session")
     assert sum(1 for t in HIT_TOKENS if t > 0) >= 10
+    assert LATE["rematched"] >= 10 and LATE["copied"] >= 10, LATE

@@ -122,7 +122,7 @@ def test_blocks_reserved_up_front_never_dummy(config):
 def test_fcfs_chunking_spends_whole_budget(config):
     s = PrefillScheduler(config)
     s.add_request(req("a", 20))
-    s.add_request(req("b", 20))
+    s.add_request(Request("b", list(range(30, 50))))  # no prefix shared with "a"
     d = s.schedule()
     assert d.request_ids == ("a", "b") and d.num_tokens == 32
     assert list(d.sample_mask[:2]) == [True, False]

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from graphbatch.scheduler import PrefillScheduler, Request, SchedulerFull
-from graphbatch.scheduler.prefix_cache import ROOT, ROOT_KEY, PrefixCache, block_key
+from graphbatch.scheduler.prefix_cache import ROOT, PrefixCache, chain_keys
 
 
 def prompt(n: int, start: int = 1) -> list[int]:
@@ -54,8 +54,10 @@ def test_release_keeps_blocks_cached_and_evictable_lru_first(config):
     s.release("old")
     s.release("new")
     st = s.stats()
-    assert st.free_blocks == 8 and st.cached_blocks == 4  # cached ones count as free
-    s.add_request(Request("big", prompt(20, start=30)))  # 5 blocks: 4 free + "old"s LRU one
+    # cached ones count as free: two full blocks each, and each one's last, partly
+    # filled block (a sub-block copy source)
+    assert st.free_blocks == 8 and st.cached_blocks == 6
+    s.add_request(Request("big", prompt(20, start=30)))  # 5 blocks: 2 free + "old"s 3
     assert s.stats().cached_blocks == 3
     s.add_request(Request("new2", prompt(9, start=50)))
     assert s.num_cached("new2") == 8  # "new" was released last: its blocks survived
@@ -101,14 +103,41 @@ def test_caching_off_never_matches(config):
 
 
 def test_hit_is_confirmed_by_tokens_not_only_the_key():
-    cache = PrefixCache()
+    cache = PrefixCache(8, 4)
     toks = np.array([1, 2, 3, 4])
-    cache.register(7, ROOT_KEY, ROOT, toks)
-    assert cache.match(np.array([1, 2, 3, 4, 9]), 4, 1) == [7]
-    # as if another block had hashed alike
-    cache._entries[7] = replace(cache._entries[7], tokens=np.array([1, 2, 3, 5]))
-    assert cache.match(np.array([1, 2, 3, 4, 9]), 4, 1) == []
-    assert len(block_key(b"", toks)) == 16  # 128-bit keys
+    keys = chain_keys(toks, 4)
+    cache.register(7, ROOT, -1, keys[0], toks)
+    assert cache.match(keys, np.array([1, 2, 3, 4, 9]), 0, ROOT, 1) == [7]
+    cache.tokens[7] = [1, 2, 3, 5]  # as if another block had hashed alike
+    assert cache.match(keys, np.array([1, 2, 3, 4, 9]), 0, ROOT, 1) == []
+    assert len(keys[0]) == 16  # 128-bit keys
+
+
+def test_keys_follow_the_documented_recipe():
+    # what a router computes: SHA-256 over the parent key and the block's ids as
+    # little-endian uint32, cut to 16 bytes; nothing before the first block
+    import hashlib
+    import struct
+
+    ids = list(range(100, 140))
+    want, parent = [], b""
+    for j in range(len(ids) // 16):
+        block = struct.pack("<16I", *ids[j * 16 : (j + 1) * 16])
+        parent = hashlib.sha256(parent + block).digest()[:16]
+        want.append(parent)
+    assert chain_keys(np.array(ids), 16) == want and len(want) == 2
+
+
+def test_each_block_is_hashed_once(config, monkeypatch):
+    from graphbatch.scheduler import prefix_cache as pc
+
+    calls = []
+    real = pc.block_key
+    monkeypatch.setattr(pc, "block_key", lambda p, t: calls.append(t) or real(p, t))
+    s = PrefillScheduler(config)  # block_size 4
+    s.add_request(Request("a", prompt(22)))  # 5 full blocks
+    run_to_transfer(s)  # matched at admission and again when scheduled, then registered
+    assert len(calls) == 5 and s.stats().cached_blocks == 6
 
 
 def test_long_prefill_token_threshold_caps_each_request(config):
@@ -138,3 +167,59 @@ def test_a_flagged_row_never_feeds_the_cache(config):
     s.update(d, [-1] * d.seq_capacity)  # the executor could not sample a (NaN logits)
     s.add_request(Request("b", prompt(13)))
     assert s.num_cached("b") == 0 and s.stats().cached_blocks == 0
+
+
+# ---- matched when first scheduled; requests arriving together --------------------------
+def test_a_request_is_matched_again_when_first_scheduled(config):
+    s = PrefillScheduler(config)  # block_size 4
+    s.add_request(Request("a", prompt(13)))
+    d = s.schedule()
+    s.add_request(Request("b", prompt(13) + [5, 6]))  # a's KV is not written yet
+    assert s.num_cached("b") == 0
+    d.mark_executed()
+    s.update(d, [1] * d.seq_capacity)  # now it is: three full blocks and a tail of one
+    d = s.schedule()
+    # b shares a's full blocks (its own fresh ones went back) and copies a's tail slot
+    assert d.request_ids == ("b",) and d.context_lens[0] == 13 and d.copy_lens[0] == 1
+    assert s.block_ids("b")[:3] == s.block_ids("a")[:3] and s.num_cached("b") == 13
+    assert d.copy_src_slots[0] == s.block_ids("a")[3] * 4  # slot 0 of a's last block
+    assert d.copy_dst_slots[0] == s.block_ids("b")[3] * 4
+    assert s.stats().cached_tokens == 13
+
+
+def test_requests_arriving_together_wait_for_the_prefix_an_earlier_one_computes(config):
+    s = PrefillScheduler(config)
+    s.add_request(Request("a", prompt(13)))
+    s.add_request(Request("b", prompt(13) + [5, 6]))
+    s.add_request(Request("c", prompt(9, start=50)))  # shares nothing: runs at once
+    d = s.schedule()
+    assert d.request_ids == ("a", "c")  # b waits: a is computing its first three blocks
+    d.mark_executed()
+    s.update(d, [1] * d.seq_capacity)
+    d = s.schedule()
+    assert d.request_ids == ("b",) and d.num_tokens == 2  # 13 of its 15 tokens reused
+
+
+def test_waiting_never_leaves_a_step_empty(config):
+    s = PrefillScheduler(config)
+    s.add_request(Request("a", prompt(13)))
+    s.add_request(Request("b", prompt(13) + [5, 6]))
+    assert s.schedule().request_ids == ("a",)
+    d = s.schedule()  # a's step is still in flight: b would wait, but nothing else runs
+    assert d.request_ids == ("b",) and d.context_lens[0] == 0
+
+
+def test_without_waiting_requests_arriving_together_run_together(config):
+    s = PrefillScheduler(replace(config, wait_for_prefix=False))
+    s.add_request(Request("a", prompt(13)))
+    s.add_request(Request("b", prompt(13) + [5, 6]))
+    assert s.schedule().request_ids == ("a", "b")
+
+
+def test_sub_block_reuse_off_computes_the_partial_block(config):
+    s = PrefillScheduler(replace(config, max_copy_slots=0))
+    s.add_request(Request("a", prompt(13)))
+    run_to_transfer(s)
+    s.add_request(Request("b", prompt(13) + [5, 6]))
+    d = s.schedule()
+    assert d.context_lens[0] == 12 and d.copy_src_slots.shape == (0,)

@@ -37,8 +37,8 @@ def force_keys(monkeypatch, key) -> None:
     monkeypatch.setattr(pc, "block_key", key)
 
 
-def tokens_only(parent: bytes, tokens) -> bytes:  # forgets the prefix: same block, same key
-    return np.ascontiguousarray(tokens, dtype=np.int64).tobytes()
+def tokens_only(parent: bytes, tokens: bytes) -> bytes:  # forgets the prefix: same block, same key
+    return bytes(tokens)
 
 
 # ---- F10: a step that was not executed registers nothing ------------------------------
@@ -79,7 +79,7 @@ def test_the_kept_request_recomputes_the_chunk_that_never_ran(config):
 def test_a_step_nobody_ran_is_not_retired_while_it_could_still_run(config):
     s = PrefillScheduler(config)
     s.add_request(Request("a", prompt(13)))
-    s.add_request(Request("b", prompt(40)))
+    s.add_request(Request("b", prompt(40, start=30)))
     d = s.schedule()
     for tokens in ([5] * 4, [-1] * 4):  # -1 is no excuse: an executor never sets it here
         with pytest.raises(ValueError, match="step 0 has not run"):
@@ -150,7 +150,7 @@ def test_a_hit_needs_the_previous_hit_as_its_parent(config, monkeypatch):
 def test_an_evicted_parent_orphans_its_children(config, monkeypatch):
     force_keys(monkeypatch, tokens_only)
     s = PrefillScheduler(replace(config, num_kv_blocks=4))  # blocks 1, 2, 3
-    s.add_request(Request("a", [1] * 4 + [2] * 4 + [7]))
+    s.add_request(Request("a", [1] * 4 + [2] * 4))  # two full blocks, no partial tail
     ran(s, s.schedule())
     a_blocks = s.block_ids("a")
     s.release("a")  # its two full blocks stay cached, evictable, parent first
@@ -163,15 +163,15 @@ def test_an_evicted_parent_orphans_its_children(config, monkeypatch):
     assert s.num_cached("e") == 4  # d's block; a's [2,2,2,2] followed [1,1,1,1], not it
 
 
-def test_the_cache_confirms_the_chain_not_the_key(monkeypatch):
-    force_keys(monkeypatch, lambda parent, tokens: b"k")
-    cache = pc.PrefixCache()
-    root = (pc.ROOT_KEY, pc.ROOT)
-    first = cache.register(5, *root, np.array([1, 2]))
-    assert cache.match(np.array([1, 2, 1, 2, 0]), 2, 2) == [5]  # not [5, 5]
-    assert cache.register(6, *first, np.array([1, 2]))[1] == pc.NOT_CACHED  # key taken
-    assert cache.register(7, *root, np.array([3, 4]))[1] == pc.NOT_CACHED
-    assert cache.match(np.array([3, 4, 0]), 2, 1) == []
+def test_the_cache_confirms_the_chain_not_the_key():
+    cache = pc.PrefixCache(8, 2)
+    k = b"k"  # as if every block hashed alike
+    first, held = cache.register(5, pc.ROOT, -1, k, np.array([1, 2]))
+    assert held == 5 and first != pc.NOT_CACHED
+    assert cache.match([k, k], np.array([1, 2, 1, 2, 0]), 0, pc.ROOT, 2) == [5]  # not [5, 5]
+    assert cache.register(6, first, 5, k, np.array([1, 2]))[0] == pc.NOT_CACHED  # key taken
+    assert cache.register(7, pc.ROOT, -1, k, np.array([3, 4]))[0] == pc.NOT_CACHED
+    assert cache.match([k], np.array([3, 4, 0]), 0, pc.ROOT, 1) == []
 
 
 # ---- F12: sample_mask is proven -------------------------------------------------------

@@ -57,12 +57,17 @@ def _check_descriptor(cfg, sched, model, d) -> None:
         toks = d.input_ids[lo:hi].tolist()
         pos = d.positions[lo:hi].tolist()
         seen = model.seen[rid]
+        if pos[0] > len(seen):  # matched when first scheduled: the gap came from the cache
+            assert len(seen) % cfg.block_size == 0 and pos[0] <= sched.num_cached(rid)
+            seen.extend(model.prompts[rid][len(seen) : pos[0]].tolist())
         assert pos == list(range(len(seen), len(seen) + len(toks)))  # in order, once
         seen.extend(toks)
         assert seen == model.prompts[rid][: len(seen)].tolist()
         blocks = set(d.block_tables[i, d.block_tables[i] != 0].tolist())
         assert blocks == set(sched.block_ids(rid))
         mine = set((d.slot_mapping[lo:hi] // cfg.block_size).tolist())
+        if d.copy_lens[i]:  # a sub-block copy writes the first slots of the chunk's block
+            mine.add(int(d.block_tables[i, d.context_lens[i] // cfg.block_size]))
         assert not mine & written  # no block has two writers ...
         for b in mine:  # ... nor is a written block shared or cached
             assert sched.blocks.refcount(b) == 1 and (
@@ -77,6 +82,9 @@ def _all_blocks_disjoint(sched) -> None:
     for rid in sched.request_ids():
         for b in sched.block_ids(rid):
             owners[b] = owners.get(b, 0) + 1
+        src = sched._seqs[rid].copy_src  # a pending sub-block copy reads (pins) it
+        if src >= 0:
+            owners[src] = owners.get(src, 0) + 1
     assert 0 not in owners
     for b, n in owners.items():  # refcounts equal live owners; shared blocks are cached
         assert sched.blocks.refcount(b) == n and (n == 1 or b in sched.blocks.cache)

@@ -527,7 +527,7 @@ def test_run_starts_its_receiver_with_a_fresh_key(monkeypatch):
 
     import graphbatch.transfer
     from graphbatch.serving import EngineConfig
-    from graphbatch.serving.kv_link import open_sender
+    from graphbatch.serving.links import DecodeLinks
 
     started = []
 
@@ -539,8 +539,8 @@ def test_run_starts_its_receiver_with_a_fresh_key(monkeypatch):
     monkeypatch.setattr(graphbatch.transfer, "ReceiverProcess", Recording)
     _, mem = host_cache(16, seed=1)
     with contextlib.ExitStack() as stack:
-        sender, local = open_sender(EngineConfig(model="tiny"), mem, 16, stack)
-        assert sender.remote.num_blocks == 16 and local is not None
+        (link,) = DecodeLinks(EngineConfig(model="tiny"), mem, 16, stack).links
+        assert link.sender.remote.num_blocks == 16 and link.local is not None
     (config,) = started
     assert isinstance(config.auth_key, bytes) and len(config.auth_key) == 32
     assert not config.allow_unauthenticated

@@ -39,8 +39,8 @@ def setup(H=2, HKV=2, D=16, prompts=(5, 19, 1), chunk_first=True):
         vocab_size=50,
     )
     s = PrefillScheduler(cfg)
-    for i, n in enumerate(prompts):
-        s.add_request(Request(f"r{i}", [1] * n))
+    for i, n in enumerate(prompts):  # distinct tokens: no prefix is shared (all in one step)
+        s.add_request(Request(f"r{i}", [1 + i] * n))
     d = s.schedule()
     if chunk_first:  # second step continues chunked requests: context in the cache
         d = s.schedule() or d

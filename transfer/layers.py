@@ -48,9 +48,13 @@ class LayerPoster:
         r.layers_posted = b
 
     def poll(self, r: Any) -> None:
-        """``r.written`` once every layer is posted and every write completed here."""
-        if r.layers_posted == self.num_layers and not r.written:
-            r.written = all(self.engine.poll(h) for h in r.handles)
+        """Release each write that completed (the sender's I/O thread drives NIXL while
+        any handle is held: a finished one would keep it spinning until the ack);
+        ``r.written`` once every layer is posted and every write completed."""
+        for h in list(r.handles):
+            if self.engine.poll(h) and self.engine.cancel(h):  # complete: frees the handle
+                r.handles.remove(h)
+        r.written = r.layers_posted == self.num_layers and not r.handles
 
     def finish_due(self, r: Any) -> bool:
         """Every layer posted, the step's KV complete and the first token known."""

@@ -203,6 +203,11 @@ class KVSender:
         self._drain()
         for r in list(self._reqs.values()):
             self._post_layers(r)
+            if r.handles and r.abort is None:
+                try:
+                    self.layers.poll(r)
+                except TransferError as e:
+                    self._failed(r, e)
 
     def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
         """Cancel a registered request. One rule, so that both sides report the same:

@@ -52,12 +52,13 @@ def test_a_request_larger_than_the_receiver_fails_alone():
         assert outs["a"].status == "sent" and all_blocks_back(e)
 
 
-def test_abort_in_every_state_both_sides_agree():
+@pytest.mark.parametrize("backend", backends())
+def test_abort_in_every_state_both_sides_agree(backend):
     """The receiver is frozen before step 1: "fin" is prefilled and registered but its
     blocks are unanswered, so its write cannot have been posted (aborted on both
     sides); "mid" is mid-chunk, "queued" waits for blocks. "after" is aborted once its
     write may be in flight: the receiver's answer decides, the same on both sides."""
-    e = nixl_engine(num_kv_blocks=16)
+    e = nixl_engine(backend, num_kv_blocks=16)
     pid = e.local_receiver.pid
     try:
         os.kill(pid, signal.SIGSTOP)
@@ -90,8 +91,9 @@ def test_abort_in_every_state_both_sides_agree():
     assert final["in_flight_blocks"] == 0
 
 
-def test_a_killed_receiver_fails_its_requests_and_the_rest_are_sent():
-    with nixl_engine() as e:
+@pytest.mark.parametrize("backend", backends())
+def test_a_killed_receiver_fails_its_requests_and_the_rest_are_sent(backend):
+    with nixl_engine(backend) as e:
         e.add_request("early", prompt_token_ids=prompt(0, 12))
         assert drain(e)["early"].status == "sent"
         for i in range(3):  # in flight when the receiver dies: sent or failed
@@ -151,15 +153,17 @@ def _watch_layers(e):
     return posted, during
 
 
-@pytest.mark.parametrize("mode", ["layer", "request"])
-def test_layer_mode_sends_each_layer_while_the_step_still_runs(mode):
+@pytest.mark.parametrize(
+    ("mode", "backend"), [("layer", b) for b in backends()] + [("request", "torch")]
+)
+def test_layer_mode_sends_each_layer_while_the_step_still_runs(mode, backend):
     """A 3-layer model: after layer i of the step that finishes the request, layers
     0..i are on the wire (the CPU path posts from the layer callback); the request mode
     control posts one write after the step."""
     from dataclasses import replace
 
     model = TinyDecoder(replace(MODEL, num_layers=3))
-    with make_engine(model=model, transfer="nixl", transfer_mode=mode) as e:
+    with make_engine(model=model, backend=backend, transfer="nixl", transfer_mode=mode) as e:
         posted, during = _watch_layers(e)
         start = len(posted)  # after the connection's warm-up write
         e.add_request("r", prompt_token_ids=prompt(0, 20))

@@ -424,6 +424,13 @@ def _slot_calls():
             call(torch.bfloat16, 512, idx_dtype, err)
 
 
+def _layer_signal_calls():
+    from graphbatch.kernels import layer_signal
+
+    for layers in (1, 30, 64):  # one config whatever the depth: the layer is an argument
+        layer_signal(torch.zeros(1, dtype=torch.int64), torch.zeros(layers, dtype=torch.int64), 0)
+
+
 def _attention_calls():
     from graphbatch.kernels import new_error_counter
     from graphbatch.kernels.paged_attention import paged_attention
@@ -466,6 +473,7 @@ def record_launches(verbose: bool = False) -> dict[Launch, tuple]:
         _sampler_calls()
         _slot_calls()
         _attention_calls()
+        _layer_signal_calls()
     if verbose:
         print(f"recorded: executor {t1 - t0:.0f} s, grid {time.perf_counter() - t1:.0f} s")
     return _JOBS

@@ -24,6 +24,7 @@ KERNELS = {
     "_scatter_slots_kernel",
     "_paged_attention_kernel",
     "_top_p_sample_kernel",
+    "_layer_signal_kernel",
 }
 
 

@@ -1,4 +1,4 @@
-"""Frozen copy of ``kernels/top_p_sample.py`` before the histogram restructure (v1).
+"""Frozen copy of ``kernels/top_p_sample.py`` before the per-thread-partials restructure (v1).
 
 For ``benchmarks/sampler_cost.py`` only (old vs new cost); not imported by the package.
 The kernel below is the pivot-search sampler: 16 pivots per pass, one block reduction

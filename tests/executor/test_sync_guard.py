@@ -67,18 +67,24 @@ def test_captured_step_is_sync_free_for_every_bucket(model, backend):
 
 
 # ---- controls: every class of sync, planted in a model and in a backend ------------------
+# host reads both frameworks spell the same way
+_TENSOR_PLANTS = {
+    "item": lambda b, x: x.sum().item(),
+    "tolist": lambda b, x: x.tolist(),
+    "bool": lambda b, x: bool((x > 0).any()),
+    "int": lambda b, x: int(x[0]),
+    "float": lambda b, x: float(x[0]),
+    "numpy": lambda b, x: x.numpy(),
+    "np.asarray": lambda b, x: np.asarray(x),
+    "cpu": lambda b, x: x.cpu(),
+    "to('cpu')": lambda b, x: x.to("cpu"),
+    "to(device='cpu')": lambda b, x: x.to(device="cpu"),
+}
+
+
 def _torch_plants():
     return {
-        "item": lambda b, x: x.sum().item(),
-        "tolist": lambda b, x: x.tolist(),
-        "bool": lambda b, x: bool((x > 0).any()),
-        "int": lambda b, x: int(x[0]),
-        "float": lambda b, x: float(x[0]),
-        "numpy": lambda b, x: x.numpy(),
-        "np.asarray": lambda b, x: np.asarray(x),
-        "cpu": lambda b, x: x.cpu(),
-        "to('cpu')": lambda b, x: x.to("cpu"),
-        "to(device='cpu')": lambda b, x: x.to(device="cpu"),
+        **_TENSOR_PLANTS,
         "nonzero": lambda b, x: torch.nonzero(x > 100),
         "mask": lambda b, x: x[x > 100],
         "mask-assign": lambda b, x: x.clone().__setitem__(x > 100, 0),
@@ -94,16 +100,7 @@ def _paddle_plants():
     import paddle
 
     return {
-        "item": lambda b, x: x.sum().item(),
-        "tolist": lambda b, x: x.tolist(),
-        "bool": lambda b, x: bool((x > 0).any()),
-        "int": lambda b, x: int(x[0]),
-        "float": lambda b, x: float(x[0]),
-        "numpy": lambda b, x: x.numpy(),
-        "np.asarray": lambda b, x: np.asarray(x),
-        "cpu": lambda b, x: x.cpu(),
-        "to('cpu')": lambda b, x: x.to("cpu"),
-        "to(device='cpu')": lambda b, x: x.to(device="cpu"),
+        **_TENSOR_PLANTS,
         "nonzero": lambda b, x: paddle.nonzero(x > 100),
         "Tensor.nonzero": lambda b, x: (x > 100).nonzero(),
         "where(cond)": lambda b, x: paddle.where(x > 100),

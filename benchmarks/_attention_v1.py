@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import _legacy_runtime as rt  # noqa: I001  (torch-only helpers, as when frozen)
 import torch
 import triton
 import triton.language as tl
-from graphbatch.kernels import _runtime as rt  # noqa: I001  (sets TRITON_INTERPRET first)
 from graphbatch.kernels import native
 from graphbatch.kernels._checked import count_bad_rows
 

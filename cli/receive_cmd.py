@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
         help="continue every received request N tokens with --model and send them back "
         "(0: keep the KV only)",
     )  # fmt: skip
-    p.add_argument("--backend", choices=["torch", "paddle"], default="torch",
-                   help="the decoder's framework (with --decode-tokens)")  # fmt: skip
+    p.add_argument("--backend", choices=["paddle", "torch"], default="paddle",
+                   help="the decoder's framework (with --decode-tokens; default paddle, "
+                   "as 'graphbatch run')")  # fmt: skip
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="the model's dtype: the prefill side's")  # fmt: skip
     p.add_argument(

@@ -99,7 +99,7 @@ class GraphExecutor:
             if not isinstance(self.model, KVCacheModel):
                 raise TypeError(f"{type(self.model).__name__} has no kv_caches()")
             caches = len(self.model.kv_caches())
-            self.layer_flags = LayerFlags(caches // 2, self.backend.is_cuda)
+            self.layer_flags = LayerFlags(caches // 2, self.backend)
         return self.layer_flags
 
     def _layer_done(self, layer: int) -> None:
@@ -118,13 +118,13 @@ class GraphExecutor:
             self.model, KVCacheModel
         ):
             return []
-        from graphbatch.kernels._runtime import to_torch
+        from graphbatch.kernels._tensor import Arg
 
         staging: dict[tuple, Any] = {}
         out = []
         for cache in self.model.kv_caches():
-            t = to_torch(cache, "kv cache")
-            key = (tuple(t.shape[1:]), str(t.dtype).replace("torch.", ""))
+            t = Arg(cache, "kv cache")
+            key = (t.shape[1:], t.dtype)
             if key not in staging:
                 staging[key] = self.backend.empty((cfg.max_copy_slots, *key[0]), key[1])
             out.append((cache, staging[key]))

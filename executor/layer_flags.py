@@ -5,20 +5,23 @@ native op on a CPU); a reader compares with the step it waits for."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 
 
 class LayerFlags:
-    def __init__(self, num_layers: int, on_gpu: bool) -> None:
+    """``host``: the NumPy view the sender reads; ``tensor``: the same memory as the
+    backend's tensor the step writes (page-locked on a GPU), None without a backend
+    (a reader-side test)."""
+
+    def __init__(self, num_layers: int, backend: Any = None) -> None:
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-        if on_gpu:  # page-locked: the device writes it over PCIe, the host reads it
-            self.tensor = torch.full((num_layers,), -1, dtype=torch.int64, pin_memory=True)
-            self.host = self.tensor.numpy()
+        if backend is None:
+            self.tensor, self.host = None, np.full(num_layers, -1, dtype=np.int64)
         else:
-            self.host = np.full(num_layers, -1, dtype=np.int64)
-            self.tensor = torch.from_numpy(self.host)
+            self.tensor, self.host = backend.host_flags(num_layers)
         self.num_layers = num_layers
 
     def ready(self, step: int) -> int:

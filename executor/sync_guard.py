@@ -40,7 +40,13 @@ run proves the GPU run free of them. Copies whose target is only implied (``to(o
 with torch's ``meta`` device standing in for a GPU).
 
 Triton kernel launches are exempt: under the interpreter they copy to host to emulate
-the GPU, on a GPU they are one asynchronous launch.
+the GPU, on a GPU they are one asynchronous launch. So are the native CPU
+implementations (``kernels/native``, ``kernels/native_paddle``), which a CPU runs where a
+GPU launches a kernel: the launchers' own code before them stays watched. That is how a
+Paddle-only install (no torch, so no interpreter) proves its step: the model and the
+launchers sync-free under the guard, the kernels themselves by the compile gate.
+
+torch is optional: without it only the Paddle, backend, launch and native hooks apply.
 """
 
 from __future__ import annotations
@@ -50,140 +56,16 @@ import functools
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from graphbatch.kernels._runtime import HAS_TORCH
 
-# Tensor methods that read device data on the host.
-_HOST_READS = {
-    "item",
-    "tolist",
-    "numpy",
-    "cpu",
-    "__bool__",
-    "__int__",
-    "__float__",
-    "__complex__",
-    "__index__",
-    "__array__",
-}
-_SYNC_TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
-_aten = torch.ops.aten
-# Index ops: a boolean index makes them call nonzero (a sync) on CUDA; integer ones don't.
-_INDEX_OPS = {
-    _aten.index.Tensor,
-    _aten.index_put.default,
-    _aten.index_put_.default,
-    _aten._index_put_impl_.default,
-}
-_COPY_OPS = {_aten.copy_.default, _aten._to_copy.default}
+from ._sync_state import HostSyncError, _Hook, _suspended, _tls, _watching
 
-
-class HostSyncError(RuntimeError):
-    """An operation that would synchronise with the host ran under ``HostSyncGuard``."""
-
-
-# ---- per-thread state ----------------------------------------------------------------
-_tls = threading.local()
-
-
-def _watching() -> bool:
-    """Is a guard active in this thread, and not suspended for a kernel launch?"""
-    return getattr(_tls, "depth", 0) > 0 and not getattr(_tls, "suspended", 0)
-
-
-@contextlib.contextmanager
-def _suspended():
-    _tls.suspended = getattr(_tls, "suspended", 0) + 1
-    try:
-        yield
-    finally:
-        _tls.suspended -= 1
-
-
-# ---- torch -------------------------------------------------------------------------
-def _is_host(device: Any) -> bool:
-    try:
-        return torch.device(device).type == "cpu"
-    except (RuntimeError, TypeError):
-        return False
-
-
-def _torch_to_host(args: tuple, kwargs: dict) -> bool:
-    """``Tensor.to(...)`` to the host: an explicit host device always; another tensor's
-    device only when the source is off the host."""
-    if "device" in kwargs and kwargs["device"] is not None:
-        return _is_host(kwargs["device"])
-    for a in args[1:]:
-        if isinstance(a, torch.Tensor):
-            return a.device.type == "cpu" and args[0].device.type != "cpu"
-        if isinstance(a, (str, torch.device)):
-            return _is_host(a)
-        if isinstance(a, torch.dtype):
-            return False
-    return False
-
-
-def _boolean_index(args: tuple) -> bool:
-    indices = args[1] if len(args) > 1 else ()
-    return any(
-        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices
-    )
-
-
-def _device_to_host_copy(func, args: tuple, kwargs: dict) -> bool:
-    src = args[1] if func is _aten.copy_.default else args[0]
-    if not isinstance(src, torch.Tensor) or src.device.type == "cpu":
-        return False
-    if func is _aten.copy_.default:
-        return args[0].device.type == "cpu"
-    return _is_host(kwargs.get("device")) if kwargs.get("device") is not None else False
-
-
-class _FunctionWatch(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if _watching():
-            name = getattr(func, "__name__", "")
-            if name in _HOST_READS:
-                raise HostSyncError(f"Tensor.{name}() reads device data on the host (a sync)")
-            if name == "to" and _torch_to_host(args, kwargs):
-                raise HostSyncError("Tensor.to() a host device copies to the host (a sync)")
-        return func(*args, **kwargs)
-
-
-class _DispatchWatch(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if not _watching():
-            return func(*args, **kwargs)
-        if func in _INDEX_OPS:
-            syncs = _boolean_index(args)
-        elif func in _COPY_OPS:
-            syncs = _device_to_host_copy(func, args, kwargs)
-        else:
-            syncs = any(t in func.tags for t in _SYNC_TAGS)
-        if syncs:
-            raise HostSyncError(
-                f"{func} needs device data on the host (a sync, or a data-dependent "
-                "output size that a CUDA graph cannot capture)"
-            )
-        return func(*args, **kwargs)
+__all__ = ["HostSyncError", "HostSyncGuard"]
 
 
 # ---- attribute hooks (torch.cuda, Paddle, the backends, Triton launches) -------------
-@dataclass(frozen=True)
-class _Hook:
-    owner: Any  # a class or module
-    name: str
-    what: str  # the HostSyncError message
-    when: Callable[[tuple, dict], bool] | None = None  # None: every call syncs
-    exempt: bool = False  # not a sync: run it with the watch suspended (kernel launches)
-
-
 def _wrap(original: Callable, hook: _Hook) -> Callable:
     if hook.exempt:
 
@@ -208,16 +90,6 @@ def _wrap(original: Callable, hook: _Hook) -> Callable:
     return wrapper
 
 
-def _torch_hooks() -> list[_Hook]:
-    hooks = [_Hook(torch.cuda, "synchronize", "torch.cuda.synchronize() waits for the device")]
-    for cls in (torch.cuda.Stream, torch.cuda.Event):
-        hooks.append(_Hook(cls, "synchronize", f"torch.cuda.{cls.__name__}.synchronize()"))
-    accel = getattr(torch, "accelerator", None)
-    if accel is not None and hasattr(accel, "synchronize"):
-        hooks.append(_Hook(accel, "synchronize", "torch.accelerator.synchronize()"))
-    return hooks
-
-
 def _backend_hooks() -> list[_Hook]:
     from .backends.base import Backend
 
@@ -239,6 +111,25 @@ def _triton_hooks() -> list[_Hook]:
     from triton.runtime.jit import JITFunction
 
     return [_Hook(cls, "run", "", exempt=True) for cls in (InterpretedFunction, JITFunction)]
+
+
+def _native_hooks() -> list[_Hook]:
+    """The native CPU implementations stand for kernel launches: a CPU runs one where a
+    GPU launches the Triton kernel, so it is exempt like a launch (its insides read
+    values on the host by design and never run in a capture). The launcher's own code
+    before it -- the part a GPU runs too -- stays watched."""
+    import importlib.util
+
+    modules = []
+    if HAS_TORCH:
+        from graphbatch.kernels import native
+
+        modules.append(native)
+    if importlib.util.find_spec("paddle") is not None:
+        from graphbatch.kernels import native_paddle
+
+        modules.append(native_paddle)
+    return [_Hook(m, name, "", exempt=True) for m in modules for name in m.__all__]
 
 
 def _paddle_hooks(paddle: Any) -> list[_Hook]:
@@ -339,7 +230,11 @@ class _Patches:
         self.installed: dict[tuple[int, str], tuple[Any, str, Any]] = {}
 
     def _hooks(self) -> list[_Hook]:
-        hooks = _triton_hooks() + _torch_hooks() + _backend_hooks()
+        hooks = _triton_hooks() + _native_hooks() + _backend_hooks()
+        if HAS_TORCH:
+            from ._sync_torch import torch_hooks
+
+            hooks += torch_hooks()
         paddle = sys.modules.get("paddle")
         if paddle is not None and hasattr(paddle, "Tensor"):
             hooks += _paddle_hooks(paddle)
@@ -404,8 +299,11 @@ class HostSyncGuard:
         stack = contextlib.ExitStack()
         _PATCHES.acquire()
         stack.callback(_PATCHES.release)
-        stack.enter_context(_FunctionWatch())
-        stack.enter_context(_DispatchWatch())
+        if HAS_TORCH:
+            from ._sync_torch import torch_modes
+
+            for mode in torch_modes():
+                stack.enter_context(mode)
         _tls.depth = getattr(_tls, "depth", 0) + 1
 
         def leave() -> None:

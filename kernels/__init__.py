@@ -1,9 +1,10 @@
-"""Triton kernels; each takes torch or paddle tensors.
+"""Triton kernels; each takes torch or paddle tensors (torch itself is optional).
 
-On a GPU the Triton kernels run. On a CPU each launcher runs a native torch
-implementation of the same contract (``kernels/native/``), or the Triton kernel under
-the interpreter with ``GRAPHBATCH_CPU_KERNELS=triton`` (the reference the native path
-is tested against).
+On a GPU the Triton kernels run. On a CPU each launcher runs a native implementation of
+the same contract -- torch's (``kernels/native/``), or Paddle's
+(``kernels/native_paddle/``) for paddle tensors where torch is not installed -- or the
+Triton kernel under the interpreter with ``GRAPHBATCH_CPU_KERNELS=triton`` (the
+reference the native paths are tested against; it needs torch).
 """
 
 from ._runtime import (  # noqa: I001

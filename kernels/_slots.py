@@ -4,30 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch  # noqa: I001
+from . import _runtime as rt  # noqa: I001
+from ._tensor import Arg
 
-from . import _runtime as rt
-
-INDEX_DTYPES = (torch.int32, torch.int64)
+INDEX_DTYPES = ("int32", "int64")
 
 
-def as_rows(table: Any, name: str = "table") -> torch.Tensor:
-    """Torch view of ``table`` [N, ...] as [N, D] (trailing dims flattened, no copy)."""
-    t = rt.to_torch(table, name)
-    if t.dim() < 2:
-        raise ValueError(f"{name} must have >= 2 dims [N, D...], got shape {tuple(t.shape)}")
-    if not t.is_contiguous():
+def as_rows(table: Any, name: str = "table") -> tuple[Arg, int, int]:
+    """(``table`` checked: [N, ...] with >= 2 dims, contiguous; N; D = the trailing
+    dims' product): every row is D contiguous elements."""
+    a = Arg(table, name)
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have >= 2 dims [N, D...], got shape {a.shape}")
+    if not a.contiguous():
         raise ValueError(f"{name} must be contiguous")
-    return t.view(t.shape[0], -1)
+    N = a.shape[0]
+    D = 1
+    for s in a.shape[1:]:
+        D *= s
+    return a, N, D
 
 
-def check_indices(indices: Any) -> torch.Tensor:
-    idx = rt.to_torch(indices, "indices")
-    if idx.dim() != 1:
-        raise ValueError(f"indices must be 1-D [T], got shape {tuple(idx.shape)}")
+def check_indices(indices: Any) -> Arg:
+    idx = Arg(indices, "indices")
+    if idx.ndim != 1:
+        raise ValueError(f"indices must be 1-D [T], got shape {idx.shape}")
     if idx.dtype not in INDEX_DTYPES:
         raise ValueError(f"indices must be int32 or int64, got {idx.dtype}")
-    if not idx.is_contiguous():
+    if not idx.contiguous():
         raise ValueError("indices must be contiguous")
     return idx
 

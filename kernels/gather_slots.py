@@ -12,9 +12,9 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
-from . import native
 from ._checked import count_bad_rows, slot_tile
 from ._slots import as_rows, block_d, check_indices, rows_per_program
+from ._tensor import Arg, same_device
 
 
 @triton.jit
@@ -50,37 +50,36 @@ def gather_slots(table: Any, indices: Any, out: Any = None, error_counter: Any =
         graph-capturable).
     error_counter : optional int32 [2] (count, first bad row).
     """
-    tab = as_rows(table)
+    tab, N, D = as_rows(table)
     idx = check_indices(indices)
-    device = rt.same_device({"table": tab, "indices": idx})
-    T, (N, D) = idx.shape[0], tab.shape
-    src_shape = tuple(rt.to_torch(table, "table").shape)
-    out_shape = (T, *src_shape[1:])
+    device = same_device(tab, idx)
+    T = idx.shape[0]
+    out_shape = (T, *tab.shape[1:])
     if out is None:
-        out_t, out = rt.new_output(out_shape, tab.dtype, device, table)
+        out_k, out = rt.new_output(out_shape, tab.dtype, tab)
     else:
-        out_t = rt.to_torch(out, "out")
-        if tuple(out_t.shape) != out_shape or out_t.dtype != tab.dtype:
-            raise ValueError(
-                f"out must be {tab.dtype} {out_shape}, got {out_t.dtype} {tuple(out_t.shape)}"
-            )
-        if not out_t.is_contiguous():
+        o = Arg(out, "out")
+        if o.shape != out_shape or o.dtype != tab.dtype:
+            raise ValueError(f"out must be {tab.dtype} {out_shape}, got {o.dtype} {o.shape}")
+        if not o.contiguous():
             raise ValueError("out must be contiguous")
-        rt.same_device({"table": tab, "out": out_t})
+        same_device(tab, o)
+        out_k = rt.kernel_tensor(o)
     err = rt.check_error_counter(error_counter, device)
     if T == 0 or D == 0:
         return out
+    tab_k, idx_k = rt.kernel_tensor(tab), rt.kernel_tensor(idx)
     if rt.use_native(tab):
-        native.gather_slots(tab, idx, out_t, err)
+        rt.native_impl(tab_k).gather_slots(tab_k, idx_k, out_k, err)
         return out
     rows, bd = rows_per_program(T, D), block_d(D)
     grid = (triton.cdiv(T, rows), triton.cdiv(D, bd))
     with rt.launch_stream(table):
         _gather_slots_kernel[grid](
-            tab,
-            idx,
-            out_t,
-            err if err is not None else idx,
+            tab_k,
+            idx_k,
+            out_k,
+            err if err is not None else idx_k,
             N,
             T,
             D,

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import triton
 import triton.language as tl
 
-from . import _runtime as rt
+from . import _runtime as rt  # noqa: I001
+from ._tensor import Arg
 
 
 @triton.jit
@@ -29,24 +29,21 @@ def _layer_signal_kernel(step_ptr, flags_ptr, layer):
 def layer_signal(step: Any, flags: Any, layer: int) -> None:
     """Mark ``layer`` written for the step in ``step`` (int64 [1]); ``flags`` int64 [L]
     (host memory; pinned when ``step`` is on a GPU). Graph-capturable."""
-    s = rt.to_torch(step, "step")
-    f = rt.to_torch(flags, "flags")
-    for name, t, shape in (("step", s, (1,)), ("flags", f, None)):
-        if t.dtype != torch.int64:
-            raise ValueError(f"{name} must be int64, got {t.dtype}")
-        if t.dim() != 1 or (shape is not None and tuple(t.shape) != shape):
-            raise ValueError(f"{name} must be 1-D{' [1]' if shape else ''}, got {tuple(t.shape)}")
-        if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous")
+    s, f = Arg(step, "step"), Arg(flags, "flags")
+    s.require(ndim=1, shape=(1,), dtypes=("int64",))
+    f.require(ndim=1, dtypes=("int64",))
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < f.shape[0]:
         raise ValueError(f"layer must be an int in [0, {f.shape[0]}), got {layer!r}")
-    if s.device.type == "cuda":
-        if f.device.type != "cpu" or not f.is_pinned():
+    if s.fw != f.fw:
+        raise ValueError(f"flags is a {f.fw} tensor but step is {s.fw}")
+    if s.on_gpu:
+        if not f.pinned:
             raise ValueError("flags must be pinned host memory when step is on a GPU")
     elif f.device != s.device:
         raise ValueError(f"flags is on {f.device} but step is on {s.device}")
+    sk, fk = rt.kernel_tensor(s), rt.kernel_tensor(f)
     if rt.use_native(s):
-        f.narrow(0, layer, 1).copy_(s)
+        rt.native_impl(sk).layer_signal(sk, fk, layer)
         return
     with rt.launch_stream(step):
-        _layer_signal_kernel[(1,)](s, f, layer)
+        _layer_signal_kernel[(1,)](sk, fk, layer)

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
-from . import native
 from ._checked import count_bad_rows
+from ._tensor import Arg, same_device
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @triton.jit
@@ -154,7 +153,7 @@ def _paged_attention_kernel(
     tl.store(out_ptr + row_off, out.to(out_ptr.dtype.element_ty), mask=in_tile[:, None])
 
 
-def _tiles(T: int, S: int, G: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+def _tiles(T: int, S: int, G: int, D: int, dtype: Any) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages); the compile gate checks none spills.
 
     BLOCK_M counts (token, query head) rows: the G heads that share a KV head are packed
@@ -168,7 +167,9 @@ def _tiles(T: int, S: int, G: int, D: int, dtype: torch.dtype) -> tuple[int, int
     serves both archs in the compile gate.
     """
     if rt.gpu_tiles():
-        if dtype == torch.float32:  # exact fp32 dots run on FMA units: small tiles
+        if (
+            str(dtype).rpartition(".")[2] == "float32"
+        ):  # exact fp32 dots run on FMA units: small tiles
             return (16, 16, 4, 2) if D <= 128 else (16, 16, 8, 2)
         rows = T * G // S
         if D > 128:
@@ -194,14 +195,12 @@ def paged_attention(
 ) -> Any:
     """Causal attention of ``q`` [T, H, D] over paged ``k_cache``/``v_cache``
     [num_slots, HKV, D]; returns ``out`` [T, H, D] (zeros for padding tokens)."""
-    qt = rt.to_torch(q, "q")
-    kc, vc = rt.to_torch(k_cache, "k_cache"), rt.to_torch(v_cache, "v_cache")
-    bt = rt.to_torch(block_tables, "block_tables")
-    qsl, sl = rt.to_torch(query_start_loc, "query_start_loc"), rt.to_torch(seq_lens, "seq_lens")
-    pos = rt.to_torch(positions, "positions")
-    if qt.dim() != 3 or kc.dim() != 3 or kc.shape != vc.shape:
-        raise ValueError(f"q must be [T, H, D], caches [slots, HKV, D]: {qt.shape}, {kc.shape}")
-    T, H, D = qt.shape
+    qa, kc, vc = Arg(q, "q"), Arg(k_cache, "k_cache"), Arg(v_cache, "v_cache")
+    bt, sl = Arg(block_tables, "block_tables"), Arg(seq_lens, "seq_lens")
+    qsl, pos = Arg(query_start_loc, "query_start_loc"), Arg(positions, "positions")
+    if qa.ndim != 3 or kc.ndim != 3 or kc.shape != vc.shape:
+        raise ValueError(f"q must be [T, H, D], caches [slots, HKV, D]: {qa.shape}, {kc.shape}")
+    T, H, D = qa.shape
     HKV = kc.shape[1]
     if kc.shape[2] != D or H % HKV or D & (D - 1) or D < 16:
         raise ValueError(
@@ -213,58 +212,52 @@ def paged_attention(
     S = sl.shape[0]
     if S == 0:
         raise ValueError("seq_lens is empty: need at least one sequence row")
-    if bt.dim() != 2 or bt.shape[0] != S or qsl.shape != (S + 1,) or pos.shape != (T,):
+    if bt.ndim != 2 or bt.shape[0] != S or qsl.shape != (S + 1,) or pos.shape != (T,):
         raise ValueError("block_tables [S, MB], query_start_loc [S+1], positions [T] expected")
-    for name, t, dt in (
-        ("block_tables", bt, torch.int32),
-        ("query_start_loc", qsl, torch.int32),
-        ("seq_lens", sl, torch.int32),
-        ("positions", pos, torch.int64),
-    ):
-        if t.dtype != dt or not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous {dt}, got {t.dtype}")
-    if qt.dtype not in _FLOAT_DTYPES or kc.dtype != qt.dtype or vc.dtype != qt.dtype:
+    for a, dt in ((bt, "int32"), (qsl, "int32"), (sl, "int32"), (pos, "int64")):
+        if a.dtype != dt or not a.contiguous():
+            raise ValueError(f"{a.name} must be contiguous {dt}, got {a.dtype}")
+    if qa.dtype not in _FLOAT_DTYPES or kc.dtype != qa.dtype or vc.dtype != qa.dtype:
         raise ValueError(
             f"q, k_cache, v_cache must share one of fp32/fp16/bf16, got "
-            f"{qt.dtype}, {kc.dtype}, {vc.dtype}"
+            f"{qa.dtype}, {kc.dtype}, {vc.dtype}"
         )
-    for name, t in (("q", qt), ("k_cache", kc), ("v_cache", vc)):
-        if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous")
-    device = rt.same_device(
-        {"q": qt, "k_cache": kc, "v_cache": vc, "block_tables": bt, "query_start_loc": qsl}
-    )
-    rt.same_device({"q": qt, "seq_lens": sl, "positions": pos})
+    for a in (qa, kc, vc):
+        if not a.contiguous():
+            raise ValueError(f"{a.name} must be contiguous")
+    device = same_device(qa, kc, vc, bt, qsl, sl, pos)
     if out is None:
-        out_t, out = rt.new_output(tuple(qt.shape), qt.dtype, device, q)
+        out_k, out = rt.new_output(qa.shape, qa.dtype, qa)
     else:
-        out_t = rt.to_torch(out, "out")
-        if tuple(out_t.shape) != tuple(qt.shape) or out_t.dtype != qt.dtype:
-            raise ValueError(
-                f"out must be {qt.dtype} {tuple(qt.shape)}, got {out_t.dtype} {tuple(out_t.shape)}"
-            )
-        if not out_t.is_contiguous():
+        o = Arg(out, "out")
+        if o.shape != qa.shape or o.dtype != qa.dtype:
+            raise ValueError(f"out must be {qa.dtype} {qa.shape}, got {o.dtype} {o.shape}")
+        if not o.contiguous():
             raise ValueError("out must be contiguous")
-        rt.same_device({"q": qt, "out": out_t})
+        same_device(qa, o)
+        out_k = rt.kernel_tensor(o)
     err = rt.check_error_counter(error_counter, device)
     if T == 0:
         return out
-    if rt.use_native(qt):
-        native.paged_attention(qt, kc, vc, bt, qsl, sl, pos, block_size, scale, out_t, err)
+    qk, kk, vk, btk, qslk, slk, posk = (rt.kernel_tensor(a) for a in (qa, kc, vc, bt, qsl, sl, pos))
+    if rt.use_native(qa):
+        rt.native_impl(qk).paged_attention(
+            qk, kk, vk, btk, qslk, slk, posk, block_size, scale, out_k, err
+        )
         return out
-    bm, bn, warps, stages = _tiles(T, S, H // HKV, D, qt.dtype)
+    bm, bn, warps, stages = _tiles(T, S, H // HKV, D, qa.dtype)
     grid = ((T * (H // HKV)) // bm + S + 1, HKV)
     with rt.launch_stream(q), rt.quiet_interpreter():
         _paged_attention_kernel[grid](
-            qt,
-            kc,
-            vc,
-            bt,
-            qsl,
-            sl,
-            pos,
-            out_t,
-            err if err is not None else sl,
+            qk,
+            kk,
+            vk,
+            btk,
+            qslk,
+            slk,
+            posk,
+            out_k,
+            err if err is not None else slk,
             T,
             S,
             bt.shape[1],
@@ -278,7 +271,7 @@ def paged_attention(
             BLOCK_M=bm,
             BLOCK_N=bn,
             BLOCK_S=rt.next_pow2(S + 1),
-            PRECISION="ieee" if qt.dtype == torch.float32 else "tf32",
+            PRECISION="ieee" if qa.dtype == "float32" else "tf32",
             num_warps=warps,
             num_stages=stages,
             maxnreg=255,  # an explicit cap: without one ptxas may pick ~60 registers and spill

@@ -13,9 +13,9 @@ import triton
 import triton.language as tl
 
 from . import _runtime as rt  # noqa: I001
-from . import native
 from ._checked import count_bad_rows, slot_tile
 from ._slots import as_rows, block_d, check_indices, rows_per_program
+from ._tensor import Arg, same_device
 
 
 @triton.jit
@@ -48,32 +48,33 @@ def scatter_slots(table: Any, indices: Any, values: Any, error_counter: Any = No
     -1 indices are skipped; other out-of-range ones are skipped and counted in
     ``error_counter`` (int32 [2]: count, first bad row). Graph-capturable.
     """
-    tab = as_rows(table)
+    tab, N, D = as_rows(table)
     idx = check_indices(indices)
-    vals_full = rt.to_torch(values, "values")
-    T, (N, D) = idx.shape[0], tab.shape
-    expect = (T, *rt.to_torch(table, "table").shape[1:])
-    if tuple(vals_full.shape) != expect:
-        raise ValueError(f"values must have shape {expect}, got {tuple(vals_full.shape)}")
-    if vals_full.dtype != tab.dtype:
-        raise ValueError(f"values dtype {vals_full.dtype} != table dtype {tab.dtype}")
-    if not vals_full.is_contiguous():
+    vals = Arg(values, "values")
+    T = idx.shape[0]
+    expect = (T, *tab.shape[1:])
+    if vals.shape != expect:
+        raise ValueError(f"values must have shape {expect}, got {vals.shape}")
+    if vals.dtype != tab.dtype:
+        raise ValueError(f"values dtype {vals.dtype} != table dtype {tab.dtype}")
+    if not vals.contiguous():
         raise ValueError("values must be contiguous")
-    device = rt.same_device({"table": tab, "indices": idx, "values": vals_full})
+    device = same_device(tab, idx, vals)
     err = rt.check_error_counter(error_counter, device)
     if T == 0 or D == 0:
         return
+    tab_k, idx_k, vals_k = rt.kernel_tensor(tab), rt.kernel_tensor(idx), rt.kernel_tensor(vals)
     if rt.use_native(tab):
-        native.scatter_slots(tab, idx, vals_full.view(T, -1), err)
+        rt.native_impl(tab_k).scatter_slots(tab_k, idx_k, vals_k, err)
         return
     rows, bd = rows_per_program(T, D), block_d(D)
     grid = (triton.cdiv(T, rows), triton.cdiv(D, bd))
     with rt.launch_stream(table):
         _scatter_slots_kernel[grid](
-            tab,
-            idx,
-            vals_full.view(T, -1),
-            err if err is not None else idx,
+            tab_k,
+            idx_k,
+            vals_k,
+            err if err is not None else idx_k,
             N,
             T,
             D,

@@ -40,16 +40,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+import numpy as np
 import triton
 import triton.language as tl
 from graphbatch.sampling import RULE_OF_FIELD
 
 from . import _runtime as rt  # noqa: I001  (sets TRITON_INTERPRET before triton loads)
-from . import native
 from ._checked import count_bad_rows
+from ._tensor import Arg, same_device
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 # Pivots a verify pass: pivot 0 checks the drawn token, 7 narrow a bracket (see _place:
 # <= 13 passes a bracket for 2^32 keys, whatever the data).
 NUM_PIVOTS = 8
@@ -562,45 +562,40 @@ def _tile(S: int, V: int) -> tuple[int, int, int, int]:
     return rows, block, block, 4
 
 
-def _check_param(name: str, t: torch.Tensor, S: int, dtypes: tuple) -> None:
-    if t.dim() != 1 or t.shape[0] != S:
-        raise ValueError(f"{name} must have shape [{S}], got {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        raise ValueError(f"{name} must be one of {[str(d) for d in dtypes]}, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
+def _check_param(a: Arg, S: int, dtypes: tuple) -> Arg:
+    return a.require(ndim=1, shape=(S,), dtypes=dtypes)
 
 
-def check_sampling_values(params: dict[str, torch.Tensor], num_valid: int) -> None:
+def check_sampling_values(params: dict[str, Any], num_valid: int) -> None:
     """Host-side range check of the live rows of every sampling parameter in ``params``
     (the rules: ``graphbatch.sampling``); reads device values: a sync."""
     for name, t in params.items():
         rule = RULE_OF_FIELD[name]
-        rows = torch.nonzero(rule.out_of_range(t[:num_valid])).flatten()
-        if rows.numel():
+        values = rt.host_values(t)[:num_valid]
+        rows = np.flatnonzero(rule.out_of_range(values))
+        if rows.size:
             r = int(rows[0])
             raise ValueError(
-                f"{name}[{r}] = {t[r].item()} is out of range (must be {rule.requirement})"
+                f"{name}[{r}] = {values[r].item()} is out of range (must be {rule.requirement})"
             )
 
 
-def _num_valid(num_valid: Any, S: int, device: torch.device, fallback: torch.Tensor):
+def _num_valid(num_valid: Any, S: int, device: str, fallback: Any):
     """(tensor read by the kernel, int, read-from-pointer flag)."""
     if isinstance(num_valid, bool) or not isinstance(num_valid, int):
-        nv_t = rt.to_torch(num_valid, "num_valid")
-        if nv_t.numel() != 1 or nv_t.dtype != torch.int32 or nv_t.device != device:
+        nv = Arg(num_valid, "num_valid")
+        if nv.numel != 1 or nv.dtype != "int32" or nv.device != device:
             raise ValueError(f"num_valid tensor must be one int32 element on {device}")
-        return nv_t, 0, True
+        return rt.kernel_tensor(nv), 0, True
     if not 0 <= num_valid <= S:
         raise ValueError(f"num_valid = {num_valid} outside [0, {S}]")
     return fallback, num_valid, False
 
 
-def _output(x: Any, name: str, S: int, dtypes: tuple, lg: torch.Tensor) -> torch.Tensor:
-    t = rt.to_torch(x, name)
-    _check_param(name, t, S, dtypes)
-    rt.same_device({"logits": lg, name: t})
-    return t
+def _output(x: Any, name: str, S: int, dtypes: tuple, lg: Arg) -> Any:
+    a = _check_param(Arg(x, name), S, dtypes)
+    same_device(lg, a)
+    return rt.kernel_tensor(a)
 
 
 def top_p_sample(
@@ -639,49 +634,48 @@ def top_p_sample(
         ``logits`` is capturing a CUDA graph.
     Returns ``out`` (same framework as ``logits``).
     """
-    lg = rt.to_torch(logits, "logits")
-    if lg.dim() != 2:
-        raise ValueError(f"logits must be 2-D [S, V], got shape {tuple(lg.shape)}")
-    if lg.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"logits dtype must be fp32/fp16/bf16, got {lg.dtype}")
-    if lg.stride(1) != 1:
+    la = Arg(logits, "logits")
+    if la.ndim != 2:
+        raise ValueError(f"logits must be 2-D [S, V], got shape {la.shape}")
+    if la.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"logits dtype must be fp32/fp16/bf16, got {la.dtype}")
+    if la.stride(1) != 1:
         raise ValueError("logits rows must be contiguous (stride(1) == 1)")
-    S, V = lg.shape
+    S, V = la.shape
     if V == 0:
         raise ValueError("logits has an empty vocabulary")
     spec = {
-        "temperature": (temperature, (torch.float32,)),
-        "top_p": (top_p, (torch.float32,)),
-        "top_k": (top_k, (torch.int32, torch.int64)),
-        "seeds": (seeds, (torch.int64,)),
-        "offsets": (offsets, (torch.int64,)),
+        "temperature": (temperature, ("float32",)),
+        "top_p": (top_p, ("float32",)),
+        "top_k": (top_k, ("int32", "int64")),
+        "seeds": (seeds, ("int64",)),
+        "offsets": (offsets, ("int64",)),
     }
     if min_p is not None:
-        spec["min_p"] = (min_p, (torch.float32,))
-    ts = {}
-    for name, (x, dtypes) in spec.items():
-        ts[name] = rt.to_torch(x, name)
-        _check_param(name, ts[name], S, dtypes)
-    device = rt.same_device({"logits": lg, **ts})
+        spec["min_p"] = (min_p, ("float32",))
+    args = {name: _check_param(Arg(x, name), S, dtypes) for name, (x, dtypes) in spec.items()}
+    device = same_device(la, *args.values())
+    ts = {name: rt.kernel_tensor(a) for name, a in args.items()}
     nv_t, nv_int, from_ptr = _num_valid(num_valid, S, device, ts["seeds"])
 
     if out is None:
-        out_t, out = rt.new_output((S,), torch.int64, device, logits)
+        out_t, out = rt.new_output((S,), "int64", la)
     else:
-        out_t = _output(out, "out", S, (torch.int64, torch.int32), lg)
-    lp_t = None if logprobs is None else _output(logprobs, "logprobs", S, (torch.float32,), lg)
+        out_t = _output(out, "out", S, ("int64", "int32"), la)
+    lp_t = None if logprobs is None else _output(logprobs, "logprobs", S, ("float32",), la)
     err = rt.check_error_counter(error_counter, device)
 
     if check_values is None:
         check_values = not rt.capturing(logits)
     if check_values:
-        n = nv_int if not from_ptr else int(nv_t.item())
+        n = nv_int if not from_ptr else int(rt.host_values(nv_t).reshape(-1)[0])
         live = min(max(n, 0), S)
         check_sampling_values({k: t for k, t in ts.items() if k in RULE_OF_FIELD}, live)
     if S == 0:
         return out
-    if rt.use_native(lg):
-        native.top_p_sample(lg, ts, nv_t if from_ptr else nv_int, out_t, lp_t, err)
+    lg = rt.kernel_tensor(la)
+    if rt.use_native(la):
+        rt.native_impl(lg).top_p_sample(lg, ts, nv_t if from_ptr else nv_int, out_t, lp_t, err)
         return out
     rows, block, vblock, vw = _tile(S, V)
     with rt.launch_stream(logits), rt.quiet_interpreter():
@@ -700,7 +694,7 @@ def top_p_sample(
             err if err is not None else out_t,
             S,
             V,
-            lg.stride(0),
+            la.stride(0),
             NUM_VALID_FROM_PTR=from_ptr,
             HAS_MIN_P="min_p" in ts,
             LOGPROBS=lp_t is not None,

@@ -104,6 +104,10 @@ def resolve_nvml_index(
 
 
 def _framework_uuid(cuda_index: int) -> str | None:
+    from graphbatch.kernels._runtime import HAS_TORCH
+
+    if not HAS_TORCH:  # (a Paddle-only install may hold Paddle's torch proxy: not asked)
+        return None
     try:
         import torch
 

@@ -36,11 +36,14 @@ class nvtx_range(contextlib.ContextDecorator):
 
 @functools.lru_cache(maxsize=1)
 def _cudart() -> Any:
-    try:
-        import torch
+    from graphbatch.kernels._runtime import HAS_TORCH
 
-        if torch.cuda.is_available():
-            return torch.cuda.cudart()
+    try:
+        if HAS_TORCH:  # (a Paddle-only install may hold Paddle's torch proxy: not asked)
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.cudart()
     except Exception as e:  # no usable torch CUDA runtime: try the shared library
         log.info("torch's CUDA runtime unavailable for the profiler window (%s)", e)
     import ctypes

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from .memory import Timeline
 
+log = logging.getLogger(__name__)
 PHASE_COLORS = {"capture": "#f4a261", "serve": "#2a9d8f"}
 
 
@@ -18,16 +20,21 @@ def write_report(
     timeline: Timeline | None,
     memory_unavailable: str | None,
 ) -> list[Path]:
-    """Write summary.json, memory.png, ttft.png into ``out_dir``; returns the paths."""
-    import matplotlib
+    """Write summary.json, memory.png, ttft.png into ``out_dir``; returns the paths.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    The plots need matplotlib (the ``report`` extra): without it only summary.json is
+    written, and a warning says how to get the plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.json", out / "memory.png", out / "ttft.png"]
     paths[0].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    try:
+        import matplotlib
+    except ImportError as e:
+        log.warning("%s: summary.json only; the plots need `pip install graphbatch[report]`", e)
+        return paths[:1]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     if timeline is not None and timeline.samples:

@@ -54,6 +54,12 @@ class Backend(ABC):
         ``dtype``/``shape``: same memory, so one copy into ``buf`` fills every view."""
 
     @abstractmethod
+    def host_flags(self, n: int) -> tuple[Any, np.ndarray]:
+        """int64 [n] of -1 in host memory a kernel writes and the host reads without a
+        copy: (the framework's tensor, a NumPy view of the same memory). Page-locked on a
+        GPU, so a kernel's store reaches it over the bus."""
+
+    @abstractmethod
     def copy(self, dst: Any, src: Any) -> None:
         """Device-to-device copy into ``dst`` in place (capturable)."""
 

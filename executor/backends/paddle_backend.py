@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,21 @@ from typing import Any
 import numpy as np
 
 from .base import Backend, BackendUnavailable, Graph
+
+
+class _DeviceBytes:
+    """``shape`` x ``dtype`` at byte ``offset`` of the GPU tensor ``buf``, as the CUDA
+    array interface (v2) describes it; holds ``buf`` so its memory outlives the view."""
+
+    def __init__(self, buf: Any, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.buf = buf
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": dtype.str,
+            "data": (buf.data_ptr() + offset, False),
+            "strides": None,  # C-contiguous
+            "version": 2,
+        }
 
 
 class _PaddleGraph(Graph):
@@ -114,14 +130,36 @@ class PaddleBackend(Backend):
 
     def typed_view(self, buf, offset, shape, dtype):
         # Paddle's own slice + view(dtype) does not alias at an offset (measured on
-        # 3.3.1): cut the view in torch and hand it back through DLPack, once, at setup.
-        import torch
-        from graphbatch.kernels._runtime import to_torch
+        # 3.3.1): build the view once, at setup, from the bytes' address -- through NumPy
+        # and DLPack on the host, through a torch view (torch installed) or the CUDA
+        # array interface on a GPU. Every route shares ``buf``'s memory.
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape)) * dtype.itemsize
+        if offset < 0 or offset + n > int(buf.shape[0]):
+            raise ValueError(f"bytes [{offset}, {offset + n}) outside a {buf.shape[0]}-byte buffer")
+        if not self.is_cuda:
+            host = np.from_dlpack(buf)[offset : offset + n].view(dtype).reshape(shape)
+            return self.paddle.from_dlpack(host)
+        from graphbatch.kernels._runtime import HAS_TORCH, to_torch
 
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        t = to_torch(buf, "buffer")[offset : offset + n]
-        view = t.view(getattr(torch, np.dtype(dtype).name)).view(shape)
-        return self.paddle.from_dlpack(torch.utils.dlpack.to_dlpack(view))
+        if HAS_TORCH:
+            import torch
+
+            t = to_torch(buf, "buffer")[offset : offset + n]
+            view = t.view(getattr(torch, dtype.name)).view(shape)
+            return self.paddle.from_dlpack(torch.utils.dlpack.to_dlpack(view))
+        return self.paddle.base.core.tensor_from_cuda_array_interface(
+            _DeviceBytes(buf, offset, tuple(shape), dtype)
+        )
+
+    def host_flags(self, n):
+        if not self.is_cuda:
+            host = np.full(n, -1, dtype=np.int64)
+            return self.paddle.from_dlpack(host), host
+        t = self.paddle.full([n], -1, dtype="int64").pin_memory()
+        # pinned memory is ordinary host memory to the CPU: a NumPy view of its address
+        host = np.ctypeslib.as_array((ctypes.c_int64 * n).from_address(t.data_ptr()))
+        return t, host
 
     def copy(self, dst, src):
         self.paddle.assign(src, output=dst)

@@ -73,6 +73,10 @@ class TorchBackend(Backend):
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return buf[offset : offset + n].view(self._dtype(dtype)).view(shape)
 
+    def host_flags(self, n):
+        t = self.torch.full((n,), -1, dtype=self.torch.int64, pin_memory=self.is_cuda)
+        return t, t.numpy()
+
     def copy(self, dst, src):
         dst.copy_(src)
 

@@ -8,7 +8,8 @@ The launchers dispatch here when ``_runtime.use_native`` says so; GPUs always ru
 from __future__ import annotations
 
 from .attention import paged_attention
+from .layer import layer_signal
 from .sampling import top_p_sample
 from .slots import gather_slots, scatter_slots
 
-__all__ = ["gather_slots", "paged_attention", "scatter_slots", "top_p_sample"]
+__all__ = ["gather_slots", "layer_signal", "paged_attention", "scatter_slots", "top_p_sample"]

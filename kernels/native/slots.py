@@ -17,8 +17,9 @@ def _split(idx: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor, torch
 def gather_slots(
     table: torch.Tensor, idx: torch.Tensor, out: torch.Tensor, err: torch.Tensor | None
 ) -> None:
-    """out[t] = table[idx[t]] for in-range rows, zeros otherwise; ``table`` is [N, D]."""
+    """out[t] = table[idx[t]] for in-range rows, zeros otherwise; ``table`` [N, ...]."""
     N = table.shape[0]
+    table = table.view(N, table.shape[1:].numel())
     idx, ok, bad = _split(idx, N)
     out2 = out.view(idx.shape[0], -1)
     if N == 0:
@@ -33,7 +34,9 @@ def gather_slots(
 def scatter_slots(
     table: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, err: torch.Tensor | None
 ) -> None:
-    """table[idx[t]] = values[t] for in-range rows; ``table`` [N, D], ``values`` [T, D]."""
+    """table[idx[t]] = values[t] for in-range rows; ``table`` [N, ...], ``values`` [T, ...]."""
+    D = values.shape[1:].numel()
+    table, values = table.view(table.shape[0], D), values.view(idx.shape[0], D)
     idx, ok, bad = _split(idx, table.shape[0])
     rows = torch.nonzero(ok).flatten()
     if rows.numel():

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import os
+
 import graphbatch.kernels  # noqa: F401  (interpreter choice before tensors are built)
 import numpy as np
 from graphbatch.executor import GraphExecutor
+from graphbatch.kernels._runtime import HAS_TORCH
 from graphbatch.models import TinyConfig, TinyDecoder
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerConfig
 
@@ -20,7 +23,8 @@ SCHED = SchedulerConfig(
 
 
 def backends() -> list[str]:
-    out = ["torch"]
+    """The frameworks installed here: torch unless this is the Paddle-only venv."""
+    out = ["torch"] if HAS_TORCH else []
     try:
         import paddle  # noqa: F401
 
@@ -28,6 +32,11 @@ def backends() -> list[str]:
     except ImportError:
         pass
     return out
+
+
+# The backend of tests that run one: GRAPHBATCH_TEST_BACKEND (``make test`` sets paddle in
+# its Paddle-only venv), else torch.
+DEFAULT_BACKEND = os.environ.get("GRAPHBATCH_TEST_BACKEND") or ("torch" if HAS_TORCH else "paddle")
 
 
 def make_executor(backend: str, **kw) -> GraphExecutor:

@@ -14,7 +14,7 @@ from graphbatch.executor.continuation import DecodeBatch
 from graphbatch.models import TinyDecoder
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams
 
-from .helpers import MODEL, SCHED, backends
+from .helpers import DEFAULT_BACKEND, MODEL, SCHED, backends
 
 N = 12  # decode steps after the first token
 GREEDY = SamplingParams(temperature=0.0)
@@ -97,20 +97,20 @@ def test_the_decode_side_continues_like_one_process(backend, case):
 @pytest.mark.parametrize("damage", ["swap_blocks", "swap_kv"])
 def test_a_damaged_transfer_changes_the_continuation(damage):
     ids = prompt(5, 45)
-    src = executor("torch")
+    src = executor(DEFAULT_BACKEND)
     first, blocks = prefill(PrefillScheduler(SCHED), src, "r", ids)
-    good = continue_elsewhere("torch", ids, first, src, blocks)
-    assert good == reference("torch", ids)[1:]
-    assert continue_elsewhere("torch", ids, first, src, blocks, damage=damage) != good
+    good = continue_elsewhere(DEFAULT_BACKEND, ids, first, src, blocks)
+    assert good == reference(DEFAULT_BACKEND, ids)[1:]
+    assert continue_elsewhere(DEFAULT_BACKEND, ids, first, src, blocks, damage=damage) != good
 
 
 def test_sampled_continuations_match_too_and_batches_do_not_mix():
     """temperature 0.8 with a seed: the Philox draw is keyed on (seed, position), so the
     decode side draws what the single process draws; three requests decode together."""
     sampling = SamplingParams(temperature=0.8, top_p=0.9)
-    src = executor("torch")
+    src = executor(DEFAULT_BACKEND)
     sched = PrefillScheduler(SCHED)
-    dst = executor("torch")
+    dst = executor(DEFAULT_BACKEND)
     b = DecodeBatch(dst, range(1, 24))
     wants = {}
     top = SCHED.num_kv_blocks - 1
@@ -119,7 +119,7 @@ def test_sampled_continuations_match_too_and_batches_do_not_mix():
         first, blocks = prefill(sched, src, f"r{i}", ids, sampling)
         seed = 100 + i
         sched.release(f"r{i}")
-        want = reference("torch", ids, sampling, seed=seed)
+        want = reference(DEFAULT_BACKEND, ids, sampling, seed=seed)
         dst_blocks = list(range(top, top - len(blocks), -1))
         top -= len(blocks)
         copy_blocks(src.kv_memory(), dst.kv_memory(), blocks, dst_blocks)
@@ -131,8 +131,8 @@ def test_sampled_continuations_match_too_and_batches_do_not_mix():
 
 def test_eos_stops_a_continuation_and_errors_name_the_request():
     ids = prompt(6, 20)
-    full = reference("torch", ids)
-    b = DecodeBatch(executor("torch"), eos_token_id=full[3])
+    full = reference(DEFAULT_BACKEND, ids)
+    b = DecodeBatch(executor(DEFAULT_BACKEND), eos_token_id=full[3])
     b.add("r", ids, sampling=GREEDY, max_new_tokens=N + 1)
     out = b.run()["r"]
     assert out.token_ids == full[: full.index(full[3]) + 1] and out.stopped_by_eos
@@ -150,7 +150,7 @@ def test_tiny_weights_do_not_depend_on_max_model_len():
     outs = []
     for max_len in (32, 128, 1024):
         sched = replace(SCHED, max_model_len=max_len, num_kv_blocks=max(48, max_len // 8 + 1))
-        b = DecodeBatch(GraphExecutor(TinyDecoder(MODEL), sched, backend="torch"))
+        b = DecodeBatch(GraphExecutor(TinyDecoder(MODEL), sched, backend=DEFAULT_BACKEND))
         b.add("r", ids, sampling=GREEDY, max_new_tokens=4)
         outs.append(b.run()["r"].token_ids)
     assert outs[0] == outs[1] == outs[2]

@@ -16,7 +16,7 @@ from graphbatch.executor import GraphExecutor
 from graphbatch.models import TinyConfig, TinyDecoder
 from graphbatch.scheduler import DescriptorError, PrefillScheduler, Request, SamplingParams
 
-from .helpers import SCHED
+from .helpers import DEFAULT_BACKEND, SCHED
 
 MODEL2 = TinyConfig(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
                     intermediate_size=64)  # fmt: skip
@@ -136,7 +136,7 @@ def test_control_a_misdirected_copy_is_refused_and_would_change_the_logits(backe
 
 
 def test_validate_refuses_copies_that_break_the_layout():
-    ex = executor("torch")
+    ex = executor(DEFAULT_BACKEND)
     s = PrefillScheduler(ex.config)
     a = tokens(8, 45)
     s.add_request(Request("a", a, GREEDY))
@@ -169,11 +169,14 @@ def test_validate_refuses_copies_that_break_the_layout():
 
 def test_the_copy_is_sync_free_under_the_guard(monkeypatch):
     # GraphExecutor._forward_and_sample (the captured region) with real copies in the
-    # buffers: the copy adds no host sync (Triton kernels, as on a GPU)
+    # buffers: the copy adds no host sync (Triton kernels, as on a GPU; without torch, no
+    # interpreter: the native Paddle kernels, exempt like launches)
     from graphbatch.executor.sync_guard import HostSyncGuard
+    from graphbatch.kernels._runtime import HAS_TORCH
 
-    monkeypatch.setenv("GRAPHBATCH_CPU_KERNELS", "triton")
-    ex, s, d, want = _copying_step("torch")
+    if HAS_TORCH:
+        monkeypatch.setenv("GRAPHBATCH_CPU_KERNELS", "triton")
+    ex, s, d, want = _copying_step(DEFAULT_BACKEND)
     ex.buffers.load(d)
     with HostSyncGuard():
         ex._forward_and_sample(d.token_capacity)

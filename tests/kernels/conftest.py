@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import graphbatch.kernels  # noqa: F401  (picks interpreter vs GPU before tests build tensors)
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
 def device() -> str:
+    import torch  # lazily: the paddle-only tests collect and run without torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

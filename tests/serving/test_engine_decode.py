@@ -14,7 +14,7 @@ import pytest
 from graphbatch.serving import EngineConfig, PrefillEngine, SamplingParams
 from graphbatch.serving.verify import verify_decode
 
-from ..executor.helpers import backends
+from ..executor.helpers import DEFAULT_BACKEND, backends
 from .engine_helpers import drain
 
 os.environ.setdefault("UCX_NET_DEVICES", "lo")
@@ -23,7 +23,7 @@ GREEDY = SamplingParams(temperature=0.0)
 N = 6
 
 
-def decode_engine(backend="torch", **kw) -> PrefillEngine:
+def decode_engine(backend=DEFAULT_BACKEND, **kw) -> PrefillEngine:
     """The tiny preset on both sides (the receiver loads it by name)."""
     cfg = dict(
         model="tiny", backend=backend, transfer="nixl", decode_tokens=N, decode_margins=True,

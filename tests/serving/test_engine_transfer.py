@@ -11,13 +11,13 @@ import signal
 import pytest
 from graphbatch.models import TinyDecoder
 
-from ..executor.helpers import MODEL, backends
+from ..executor.helpers import DEFAULT_BACKEND, MODEL, backends
 from .engine_helpers import GREEDY, all_blocks_back, drain, make_engine, prompt
 
 os.environ.setdefault("UCX_NET_DEVICES", "lo")
 
 
-def nixl_engine(backend="torch", **kw):
+def nixl_engine(backend=DEFAULT_BACKEND, **kw):
     return make_engine(
         model=TinyDecoder(MODEL), backend=backend, transfer="nixl", verify_transfer=True, **kw
     )
@@ -154,7 +154,7 @@ def _watch_layers(e):
 
 
 @pytest.mark.parametrize(
-    ("mode", "backend"), [("layer", b) for b in backends()] + [("request", "torch")]
+    ("mode", "backend"), [("layer", b) for b in backends()] + [("request", DEFAULT_BACKEND)]
 )
 def test_layer_mode_sends_each_layer_while_the_step_still_runs(mode, backend):
     """A 3-layer model: after layer i of the step that finishes the request, layers

@@ -61,7 +61,7 @@ def allocated(s: KVSender) -> None:
 
 
 def test_a_layer_written_before_registration_goes_out_once():
-    flags = LayerFlags(2, on_gpu=False)
+    flags = LayerFlags(2)
     with serving(ReceiverConfig(LAYOUT, 32, auth_key=KEY, verify=True)) as r:
         cache, eng, s = layered(r, flags)
         with s:
@@ -88,7 +88,7 @@ def test_a_layer_written_before_registration_goes_out_once():
 
 
 def test_a_flag_is_only_ever_read_for_its_own_step():
-    flags = LayerFlags(2, on_gpu=False)
+    flags = LayerFlags(2)
     with serving(ReceiverConfig(LAYOUT, 32, auth_key=KEY)) as r:
         _, eng, s = layered(r, flags)
         with s:
@@ -115,7 +115,7 @@ def test_a_flag_is_only_ever_read_for_its_own_step():
 
 
 def test_a_fault_in_the_middle_of_the_layers_fails_that_request_only():
-    flags = LayerFlags(2, on_gpu=False)
+    flags = LayerFlags(2)
 
     def fail(note, _):  # the victim's second layer cannot be written
         return note["rid"] == "victim" and note["t"][0] == 2
@@ -242,7 +242,7 @@ REQUEST_CHAIN = ["register", "finish"]  # before the step's tokens, then with th
     abort=st.booleans(),
 )
 def test_any_order_of_signals_and_registration_sends_each_layer_once(receiver, picks, polls, abort):
-    flags = LayerFlags(2, on_gpu=False)
+    flags = LayerFlags(2)
     request = [*REQUEST_CHAIN[:1], *(["abort"] if abort else []), *REQUEST_CHAIN[1:]]
     order = interleave([request, STEP_CHAIN, ["progress"] * polls], picks)
     cache, eng, s = layered(receiver, flags, deadline_s=10.0)

@@ -11,7 +11,7 @@ from graphbatch.models import TinyDecoder
 from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams
 from graphbatch.transfer import KVSender, ReceiverConfig, ReceiverProcess
 
-from ..executor.helpers import MODEL, SCHED
+from ..executor.helpers import DEFAULT_BACKEND, MODEL, SCHED
 from .helpers import KEY, ShmView, assert_byte_exact, drain, shm_name
 
 os.environ.setdefault("UCX_NET_DEVICES", "lo")
@@ -36,7 +36,7 @@ def snapshot(mem):
 
 
 def test_shared_prefix_blocks_are_sent_whole_and_stay_owned_by_the_cache():
-    ex = GraphExecutor(TinyDecoder(MODEL), SCHED, backend="torch")
+    ex = GraphExecutor(TinyDecoder(MODEL), SCHED, backend=DEFAULT_BACKEND)
     mem = ex.kv_memory()
     sched = PrefillScheduler(SCHED)
     bs = SCHED.block_size

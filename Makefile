@@ -10,7 +10,8 @@ PADDLE_PY    := $(PADDLE_VENV)/bin/python
 PADDLE_STAMP := $(PADDLE_VENV)/.installed
 PADDLE_TESTS := tests/test_paddle_only.py tests/kernels/test_native_paddle.py tests/serving \
                 tests/executor/test_executor.py tests/executor/test_sub_block_copy.py \
-                tests/executor/test_continuation.py tests/executor/test_prefix_cache_e2e.py
+                tests/executor/test_continuation.py tests/executor/test_prefix_cache_e2e.py \
+                tests/executor/test_gpu_executor.py
 
 .PHONY: run test install lint bench clean gpu-compile
 

@@ -4,10 +4,16 @@ import pytest
 
 
 def _cuda_reason() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
+    from graphbatch.kernels._runtime import HAS_TORCH
+
+    if not HAS_TORCH:  # the Paddle-only venv: ask paddle
+        import paddle
+
+        if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count():
+            return None
+        return "no CUDA GPU visible to paddle (CPU wheel or CPU machine)"
+    import torch
+
     if not torch.cuda.is_available():
         return "no CUDA GPU visible to torch (CPU machine: kernels run under TRITON_INTERPRET=1)"
     return None

@@ -90,3 +90,30 @@ def test_every_launcher_hands_triton_paddle_tensors_that_specialise_like_torch_v
     direct, tensors = _record(monkeypatch, direct=True)
     assert views == {"torch"} and tensors == {"paddle"}
     assert len(via_torch) == 8 and direct == via_torch
+
+
+def test_without_torch_triton_launches_on_paddles_stream_of_the_tensors_device(monkeypatch):
+    """The glue only (a GPU confirms the stream itself, docs/gpu-notes.md): Triton's
+    driver hooks answer with Paddle's current stream of the launching tensor's device."""
+    import types
+
+    import triton.runtime
+
+    class Stream:
+        def __init__(self, place):
+            self.place = place
+
+        def __cuda_stream__(self):
+            return (2, 1000 + int(self.place.split(":")[1]))
+
+    active = types.SimpleNamespace()
+    monkeypatch.setattr(triton.runtime, "driver", types.SimpleNamespace(active=active))
+    monkeypatch.setattr(rt, "_pinned_driver", None)
+    monkeypatch.setattr(paddle.device, "current_stream", Stream)
+    monkeypatch.setattr(paddle.device, "get_device", lambda: "gpu:1")
+    with rt._paddle_launch(3):
+        d = rt._paddle_driver()
+        assert d is active and d.get_current_device() == 3
+        assert d.get_current_stream(d.get_current_device()) == 1003
+    assert d.get_current_device() == 1  # outside a launch: paddle's current device
+    assert d.get_current_stream(1) == 1001

@@ -13,20 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._seq_rows import row_bounds
 from ._errors import count_bad_rows
 
 # query rows x keys per SDPA call: bounds the [rows, keys] mask and its float copy
 _MASK_ELEMENTS = 1 << 24
-
-
-def _row_bounds(qsl: torch.Tensor, T: int) -> list[tuple[int, int]]:
-    """Each sequence's query rows [a, b), clamped into [0, T]."""
-    starts = qsl.tolist()
-    bounds = []
-    for s in range(len(starts) - 1):
-        a = min(max(starts[s], 0), T)
-        bounds.append((a, min(max(starts[s + 1], a), T)))
-    return bounds
 
 
 def _first_bad_key(bt: torch.Tensor, num_blocks: int, block_size: int) -> torch.Tensor:
@@ -118,7 +109,7 @@ def paged_attention(
     """Fill ``out`` [T, H, D] in place; count bad rows in ``err`` as the kernel does."""
     T, MB = q.shape[0], block_tables.shape[1]
     num_blocks = k_cache.shape[0] // block_size
-    bounds = _row_bounds(qsl, T)
+    bounds = row_bounds(qsl.tolist(), T)
     kv_len, seq = _kv_lens(bounds, seq_lens, positions)
     first_bad = _first_bad_key(block_tables, num_blocks, block_size)
     count_bad_rows(err, (seq >= 0) & (kv_len > first_bad[seq.clamp(min=0)]))

@@ -14,22 +14,13 @@ from __future__ import annotations
 import paddle
 import paddle.nn.functional as F
 
+from .._seq_rows import row_bounds
 from ._errors import count_bad_rows
 from ._rows import take_rows
 
 # heads x query rows x keys per matmul: bounds the fp32 score temporaries (64 MiB)
 _SCORE_ELEMENTS = 1 << 24
 _ROW_CHUNK = 128  # query rows per matmul at most (smaller chunks cost more than they skip)
-
-
-def _row_bounds(qsl: paddle.Tensor, T: int) -> list[tuple[int, int]]:
-    """Each sequence's query rows [a, b), clamped into [0, T]."""
-    starts = qsl.tolist()
-    bounds = []
-    for s in range(len(starts) - 1):
-        a = min(max(starts[s], 0), T)
-        bounds.append((a, min(max(starts[s + 1], a), T)))
-    return bounds
 
 
 def _first_bad_key(bt: paddle.Tensor, num_blocks: int, block_size: int) -> paddle.Tensor:
@@ -122,7 +113,7 @@ def paged_attention(
     if T == 0:
         return
     num_blocks = k_cache.shape[0] // block_size
-    bounds = _row_bounds(qsl, T)
+    bounds = row_bounds(qsl.tolist(), T)
     kv_len, seq = _kv_lens(bounds, seq_lens, positions)
     first_bad = _first_bad_key(block_tables, num_blocks, block_size)
     count_bad_rows(err, (seq >= 0) & (kv_len > paddle.gather(first_bad, seq.clip(min=0))))

@@ -6,8 +6,9 @@ first token). Per step, in microseconds (a phase's total over the run / the run'
 steps; median of the repetitions):
 
 - graphbatch: ``add_request`` (admission), ``schedule`` (the descriptor included),
-  ``GraphExecutor.check`` (validate + the scheduler's record), ``mark_executed`` +
-  ``update`` (update), ``release``. Also ``StaticBuffers.load`` (staging into the
+  ``GraphExecutor.check`` (the seal -- a step as issued skips validation; an edited one
+  is validated in full -- + the scheduler's record), ``mark_executed`` + ``update``
+  (update), ``release``. Also ``StaticBuffers.load`` (staging into the
   executor's buffers, in ``execute``; shown, not in the ratio).
 - nano-vllm: ``Scheduler.add`` with its ``Sequence`` (admission), ``schedule``,
   ``ModelRunner.prepare_prefill`` and ``postprocess``, loaded from its own source (see

@@ -227,10 +227,13 @@ class GraphExecutor:
     def check(self, d: BatchDescriptor) -> None:
         """Refuse a descriptor before any buffer is touched: DescriptorError for a bad
         value or one built for another configuration, StaleDescriptor for one that is
-        not a current step of its scheduler."""
+        not a current step of its scheduler. A step exactly as its scheduler issued it
+        (``issued_intact``: same arrays, same bytes) is valid by construction and skips
+        the full validation; anything else -- edited, hand-built -- gets it."""
         if not isinstance(d, BatchDescriptor):
             raise TypeError(f"execute() takes a BatchDescriptor, got {type(d).__name__}")
-        d.validate()
+        if not d.issued_intact():
+            d.validate()
         cfg = self.config
         for name, want, got in (
             ("block_size", cfg.block_size, d.block_size),

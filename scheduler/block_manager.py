@@ -7,11 +7,10 @@ vectorised operation, not one Python step per block."""
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
 from .config import DUMMY_BLOCK
+from .free_list import FreeList
 from .prefix_cache import PrefixCache
 
 
@@ -24,7 +23,8 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.cache = cache
-        self._free: deque[int] = deque(b for b in range(num_blocks) if b != DUMMY_BLOCK)
+        ids = np.arange(num_blocks, dtype=np.int64)
+        self._free = FreeList(ids[ids != DUMMY_BLOCK], num_blocks)
         self._ref = np.zeros(num_blocks, dtype=np.int64)
 
     @property
@@ -48,22 +48,21 @@ class BlockManager:
             self.pin_all(cached)
         free = self._free
         if num_new <= len(free):  # the common case: no eviction
-            fresh = [free.popleft() for _ in range(num_new)]
+            fresh = free.take(num_new).tolist()
         else:
-            fresh = list(free)
-            free.clear()
+            fresh = free.take(len(free)).tolist()
             fresh += [cache.pop_lru() for _ in range(num_new - len(fresh))]
         self._ref[fresh] = 1
         return cached + fresh
 
-    def give_back(self, blocks: list[int]) -> None:
+    def give_back(self, blocks: list[int] | np.ndarray) -> None:
         """Return blocks only their one owner ever held and nobody cached (a request's
         fresh blocks, never written, that it now shares cached ones for)."""
         idx = np.asarray(blocks, dtype=np.int64)
         if (self._ref[idx] != 1).any() or (self.cache is not None and self.cache.state[idx].any()):
-            raise BlockAccountingError(f"blocks {blocks} are not private")
+            raise BlockAccountingError(f"blocks {idx.tolist()} are not private")
         self._ref[idx] = 0
-        self._free.extend(blocks)
+        self._free.put(idx)
 
     def pin(self, block: int) -> None:
         """One more owner of cached ``block`` (shared by a request, or read by a copy)."""
@@ -71,13 +70,14 @@ class BlockManager:
             self.cache.take(block)
         self._ref[block] += 1
 
-    def pin_all(self, blocks: list[int]) -> None:
-        """``pin`` each of ``blocks`` (distinct cached blocks), vectorised."""
+    def pin_all(self, blocks: list[int] | np.ndarray, times: int = 1) -> None:
+        """``pin`` each of ``blocks`` (distinct cached blocks) ``times`` times (once per
+        request sharing them), vectorised."""
         idx = np.asarray(blocks, dtype=np.int64)
         ref = self._ref
         for b in idx[ref[idx] == 0].tolist():  # evictable until now
             self.cache.take(b)
-        ref[idx] += 1
+        ref[idx] += times
 
     def free(self, blocks: list[int]) -> None:
         """Drop one reference to each block; unreferenced blocks become free (or stay
@@ -99,10 +99,10 @@ class BlockManager:
             return
         cache = self.cache
         if cache is None:
-            self._free.extend(gone.tolist())
+            self._free.put(gone)
             return
         held = cache.state[gone] != 0
-        self._free.extend(gone[~held].tolist())
+        self._free.put(gone[~held])
         for b in gone[held].tolist():
             cache.make_evictable(b)
 

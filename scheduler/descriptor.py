@@ -14,6 +14,7 @@ from .fields import FIELD_DTYPES as FIELD_DTYPES  # re-exported: views of the fi
 from .fields import FIELDS
 from .fields import PAD_VALUES as PAD_VALUES
 from .fields import TOKEN_FIELDS as TOKEN_FIELDS
+from .steps import Origin as _ORIGIN  # the scheduler's: the only origin trusted to vouch
 from .validation import out_of_range_rows, validate_descriptor
 
 
@@ -73,6 +74,15 @@ class BatchDescriptor:
         no origin)."""
         if self.origin is not None:
             self.origin(self)
+
+    def issued_intact(self) -> bool:
+        """True only if this is an outstanding step of a live scheduler, unmodified since
+        that scheduler built it (``packed.Seal``: same arrays, same bytes): it then holds
+        what the scheduler validated by construction. False for anything else -- a
+        descriptor built by hand, edited in any way, retired or foreign -- which
+        ``validate()`` must check in full."""
+        o = self.origin
+        return isinstance(o, _ORIGIN) and o.intact(self)
 
     def mark_executed(self) -> None:
         """Tell the scheduler that issued this step that it ran: its KV is written.

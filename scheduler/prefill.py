@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
 from .block_manager import BlockAccountingError, BlockManager
-from .builder import assemble
+from .builder import FEW_ROWS, assemble_packed
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
 from .first_tokens import check_first_tokens
+from .packed import Seal
 from .prefix_cache import NOT_CACHED, ROOT, PrefixCache, chain_keys
+from .rematch import Rematch
 from .request import MAX_SEED, Request, SamplingParams, check_prompt
 from .sequence import SeqState, Sequence
 from .steps import Origin, StepRecord
@@ -179,14 +182,14 @@ class PrefillScheduler:
             seqs, starts, counts, copies, _ = self._pick(False)
         if not seqs:
             return None
-        d = assemble(self.config, seqs, starts, counts, copies, self._store)
+        d, raw, lay = assemble_packed(self.config, seqs, starts, counts, copies, self._store)
         step = self._steps
         d.scheduler_id, d.step, d.origin = self.id, step, self._origin
         d.arrivals = tuple([q.arrival for q in seqs])
         for seq, start, n in zip(seqs, starts, counts, strict=True):
             seq.num_scheduled = start + n
         self._steps += 1
-        self._outstanding[step] = StepRecord.of(d, tuple(seqs), self._epoch)
+        self._outstanding[step] = StepRecord.of(d, tuple(seqs), self._epoch, Seal(d, raw, lay))
         return d
 
     def _pick(self, wait: bool) -> tuple[list, list, list, list, bool]:
@@ -200,20 +203,23 @@ class PrefillScheduler:
         cache = self.blocks.cache
         step, outstanding, pending = self._steps, self._outstanding, self._pending
         copy_room = cfg.max_copy_slots
+        generation = cache.generation if cache is not None else 0
+        roots = cache is not None and cache.has_roots
         seqs: list[Sequence] = []
         starts: list[int] = []
         counts: list[int] = []
         copies: list[tuple[int, int, int]] = []
         waited = False
+        rematch = Rematch(self) if cache is not None else None
         for seq in self._prefilling.values():  # transferring requests cost nothing
             start = seq.num_scheduled
             left = seq.prompt_len - start  # (seq.remaining, once: hot loop)
             if left <= 0:
                 continue  # fully scheduled, its last chunk still in flight
-            if cache is not None and start == seq.num_shared * bs:
+            if rematch is not None and start == seq.num_shared * bs:
                 # first scheduled (or again, after a step that did not run): match again
-                if seq.matched_at != cache.generation:
-                    self._rematch(seq)
+                if seq.matched_at != generation:
+                    rematch(seq)
                     start = seq.num_scheduled
                     left = seq.prompt_len - start
                 k = seq.num_shared
@@ -222,7 +228,7 @@ class PrefillScheduler:
                     if s is not None and (s == step or s in outstanding):
                         waited = True  # an earlier row is computing its next block
                         continue
-                if copy_room and left > 1 and seq.copy_src < 0 and (k or cache.has_roots):
+                if copy_room and left > 1 and seq.copy_src < 0 and (k or roots):
                     src, m = self._sub_block(seq, min(bs - 1, left - 1, copy_room))
                     if m:
                         self.blocks.pin(src)  # no eviction before the step copied it
@@ -240,32 +246,18 @@ class PrefillScheduler:
             starts.append(start)
             counts.append(n)
             if wait:  # the full blocks this chunk completes
-                pending.update(dict.fromkeys(seq.keys[start // bs : (start + n) // bs], step))
+                a, b = start // bs, (start + n) // bs
+                if b - a > 4:
+                    pending.update(dict.fromkeys(seq.keys[a:b], step))
+                else:  # a short chunk: no temporary dict
+                    for key in seq.keys[a:b]:
+                        pending[key] = step
             budget -= n
             if budget == 0 or len(seqs) == max_rows:
                 break
+        if rematch is not None:
+            rematch.settle()
         return seqs, starts, counts, copies, waited
-
-    def _rematch(self, seq: Sequence) -> None:
-        """Share the blocks registered since ``seq`` was last matched that continue its
-        cached prefix; its fresh blocks there (never written) go back."""
-        cache, bs = self.blocks.cache, self.config.block_size
-        k = seq.num_shared
-        seq.matched_at = cache.generation
-        most = (seq.prompt_len - 1) // bs
-        if k >= most:
-            return
-        hit = cache.match(seq.keys, seq.prompt, k, seq.link_serial, most)
-        if not hit:
-            return
-        mine = seq.block_ids[k : k + len(hit)].tolist()
-        self.blocks.pin_all(hit)
-        self.blocks.give_back(mine)
-        seq.block_ids[k : k + len(hit)] = hit
-        self._link_shared(seq, k + len(hit))
-        gained = len(hit) * bs
-        seq.num_scheduled = seq.num_cached = seq.num_computed = seq.num_shared * bs
-        self._cached_tokens += gained
 
     def _sub_block(self, seq: Sequence, most: int) -> tuple[int, int]:
         """The cached block sharing the longest start (<= ``most`` tokens) with
@@ -310,6 +302,13 @@ class PrefillScheduler:
                 )
         return rec
 
+    def _intact(self, d: BatchDescriptor) -> bool:
+        """``d`` is an outstanding step of this scheduler, unmodified since it was issued
+        (``packed.Seal``): it needs no validation. Says nothing about its rows' requests
+        (``check_current``)."""
+        rec = self._outstanding.get(d.step) if d.scheduler_id == self.id else None
+        return rec is not None and rec.seal is not None and rec.seal.intact(d)
+
     def _mark_executed(self, d: BatchDescriptor) -> None:
         """``d`` ran (BatchDescriptor.mark_executed): a row's chunk counts as computed
         only if everything before it was (an earlier chunk that did not run leaves
@@ -320,6 +319,11 @@ class PrefillScheduler:
             return
         rec.executed = True
         bases, ends = rec.bases.tolist(), rec.ends.tolist()  # plain ints: a hot loop
+        if rec.epoch == self._epoch:  # every row live (the common case): no index lookups
+            for seq, base, end in zip(rec.seqs, bases, ends, strict=True):
+                if seq.num_computed == base:
+                    seq.num_computed = end
+            return
         for i, seq in rec.live_rows(self._seqs, self._epoch):
             if seq.num_computed == bases[i]:
                 seq.num_computed = ends[i]
@@ -353,6 +357,7 @@ class PrefillScheduler:
         runs: list[tuple[Sequence, int]] = []  # (sequence, full blocks now written)
         tails: list[Sequence] = []  # finished: their last, partly filled block
         prefilling = self._prefilling
+        PREFILLING, TRANSFERRING = SeqState.PREFILLING, SeqState.TRANSFERRING  # hot loop
         for i, seq in rows:
             if copied is not None and copied[i] and seq.copy_src >= 0:
                 self._unpin_copy(seq)  # it ran (or never will: see below)
@@ -361,19 +366,23 @@ class PrefillScheduler:
                 self._rewind(seq)
                 continue
             if finishes[i]:
-                if toks[i] < 0:
+                tok = toks[i]
+                if tok < 0:
                     continue  # flagged by the executor: no token, its KV may be garbage
-                if seq.state is SeqState.PREFILLING:
-                    seq.first_token, seq.state = toks[i], SeqState.TRANSFERRING
-                    del prefilling[seq.request_id]
-                    moved.append(seq.request_id)
+                if seq.state is PREFILLING:
+                    seq.first_token, seq.state = tok, TRANSFERRING
+                    rid = seq.request_id
+                    del prefilling[rid]
+                    moved.append(rid)
                     if cache is not None and end % bs:
                         tails.append(seq)
-            if cache is not None and end // bs > seq.num_linked:
-                if seq.link_serial == NOT_CACHED:  # nothing after a broken link is cached
-                    seq.num_linked = end // bs
-                else:
-                    runs.append((seq, end // bs))
+            if cache is not None:
+                full = end // bs
+                if full > seq.num_linked:
+                    if seq.link_serial == NOT_CACHED:  # nothing after a broken link is cached
+                        seq.num_linked = full
+                    else:
+                        runs.append((seq, full))
         if runs:
             self._register(runs)
         for seq in tails:
@@ -386,6 +395,8 @@ class PrefillScheduler:
                     seq.prompt[full * bs :],
                 )
         del self._outstanding[d.step]
+        if rec.seal is not None:
+            rec.seal.release()
         return moved
 
     def _register(self, runs: list[tuple[Sequence, int]]) -> None:
@@ -393,18 +404,23 @@ class PrefillScheduler:
         (a few numpy gathers from the store, no per-block Python) where nothing
         collides, block by block where something does."""
         cache, bs, store = self.blocks.cache, self.config.block_size, self._store
-        n = len(runs)
         seqs = [r[0] for r in runs]
-        slots = np.fromiter((q.slot for q in seqs), dtype=np.int64, count=n)
-        first = np.fromiter((q.num_linked for q in seqs), dtype=np.int64, count=n)
-        upto = np.fromiter((r[1] for r in runs), dtype=np.int64, count=n)
-        parents = np.fromiter((q.link_serial for q in seqs), dtype=np.int64, count=n)
-        pblocks = np.fromiter((q.link_block for q in seqs), dtype=np.int64, count=n)
+        rows = [(q.slot, q.num_linked, u, q.link_serial, q.link_block) for q, u in runs]
+        cols = np.fromiter(chain.from_iterable(rows), np.int64, count=5 * len(rows))
+        slots, first, upto, parents, pblocks = cols.reshape(-1, 5).T  # one pass, one array
         lens = upto - first
-        at = spans(store.blk_off[slots] + first, lens)
-        blocks = store.blocks[at].astype(np.int64)
-        tokens = store.tokens[spans(store.tok_off[slots] + first * bs, lens * bs)]
-        keys = [store.keys[i] for i in at.tolist()]
+        if len(runs) <= FEW_ROWS:  # long runs of few rows: slices of their arenas
+            blocks = np.concatenate([q.block_ids[q.num_linked : u] for q, u in runs])
+            blocks = blocks.astype(np.int64)
+            tokens = np.concatenate([q.prompt[q.num_linked * bs : u * bs] for q, u in runs])
+            keys: list[bytes] = []
+            for q, u in runs:  # list slices: C-level copies
+                keys += q.keys[q.num_linked : u]
+        else:  # many short runs: a few gathers over the store's arenas
+            at = spans(store.blk_off[slots] + first, lens)
+            blocks = store.blocks[at].astype(np.int64)
+            tokens = store.tokens[spans(store.tok_off[slots] + first * bs, lens * bs)]
+            keys = list(map(store.keys.__getitem__, at.tolist()))
         tokens = tokens.reshape(-1, bs)
         last = cache.register_runs(blocks, tokens, keys, lens, parents, pblocks)
         if last is not None:

@@ -54,6 +54,7 @@ ROOT = 0  # parent serial of a prompt's first block (the empty prefix)
 NOT_CACHED = -1  # a chain link the cache could not take: nothing after it is cached
 NONE, FULL, PARTIAL = 0, 1, 2  # a block's cache state
 CHILDREN_SCANNED = 64  # sub-block candidates compared per lookup (the newest ones)
+FEW_RUNS = 8  # registrations of up to this many runs check and index them in Python
 
 
 def block_key(parent: bytes, tokens: bytes) -> bytes:
@@ -167,13 +168,16 @@ class PrefixCache:
         if most <= 0:
             return -1, 0
         bs = self.block_size
-        q = prompt[j * bs : j * bs + most]
-        kids = self._children.get((parent, int(q[0])))
+        first = int(prompt[j * bs])
+        kids = self._children.get((parent, first))
         cands = kids[-CHILDREN_SCANNED:] if kids else []
-        if parent_block >= 0 and self.next[parent_block] >= 0:
-            cands = [*cands, int(self.next[parent_block])]
+        if parent_block >= 0:
+            nb = int(self.next[parent_block])
+            if nb >= 0 and int(self.tokens[nb, 0]) == first:  # else it shares no token
+                cands = [*cands, nb]
         if not cands:
             return -1, 0
+        q = prompt[j * bs : j * bs + most]
         arr = np.asarray(cands, dtype=np.int64)
         arr = arr[(self.state[arr] != NONE) & (self.parent[arr] == parent)]
         if kids and len(kids) > 2 * CHILDREN_SCANNED:  # drop the stale ones now and then
@@ -207,17 +211,17 @@ class PrefixCache:
         repeated, a block is cached already or a parent is gone: the caller then goes
         block by block (``register``), which resolves each case."""
         by_key = self._by_key
-        if any(map(by_key.__contains__, keys)) or len(set(keys)) != len(keys):
-            return None
         if self.state[blocks].any():  # a written block is private: never cached already
             return None
-        pb = np.maximum(parent_blocks, 0)
-        live = (parents == ROOT) | (
-            (parent_blocks >= 0) & (self.serial[pb] == parents) & (self.state[pb] == FULL)
-        )
-        if not live.all():
-            return None
+        if not self._parents_live(parents, parent_blocks) or not by_key.keys().isdisjoint(keys):
+            return None  # a parent is gone, or a key is taken
         total = blocks.shape[0]
+        before = len(by_key)
+        by_key.update(zip(keys, blocks.tolist(), strict=True))  # C-level: no per-block Python
+        if len(by_key) != before + total:  # a key repeated: undo (every key was new)
+            for k in keys:
+                by_key.pop(k, None)
+            return None
         s0 = self._next_serial
         serials = np.arange(s0, s0 + total, dtype=np.int64)
         firsts = np.cumsum(lens) - lens
@@ -231,9 +235,11 @@ class PrefixCache:
         self.keys[blocks] = _object_array(keys)
         self.next[blocks] = -1
         self.next[blocks[:-1]] = blocks[1:]  # across runs too: checked by parent on use
-        by_key.update(zip(keys, blocks.tolist(), strict=True))
-        # index each run's first block under its parent block: as its ``next`` where that
-        # has no live child yet (vectorised), else under (parent, first token)
+        self._index_heads(parents, parent_blocks, blocks[firsts])
+        self._next_serial = s0 + total
+        self._count += total
+        self.generation += 1
+        return serials[firsts + lens - 1]
         inner = parent_blocks >= 0
         if inner.any():
             pbi, first, par = parent_blocks[inner], blocks[firsts[inner]], parents[inner]
@@ -247,6 +253,42 @@ class PrefixCache:
         self._count += total
         self.generation += 1
         return serials[firsts + lens - 1]
+
+    def _index_heads(
+        self, parents: np.ndarray, parent_blocks: np.ndarray, heads: np.ndarray
+    ) -> None:
+        """Index each run's first block under its parent block: as its ``next`` where
+        that has no live child yet, else under (parent, first token)."""
+        if parents.shape[0] <= FEW_RUNS:  # one after another: runs sharing a parent all kept
+            for p, pb, b in zip(
+                parents.tolist(), parent_blocks.tolist(), heads.tolist(), strict=True
+            ):
+                if pb >= 0:
+                    self._add_child(p, pb, b)
+            return
+        inner = parent_blocks >= 0
+        if inner.any():  # many runs: vectorised
+            pbi, first, par = parent_blocks[inner], heads[inner], parents[inner]
+            nb = self.next[pbi]
+            nbc = np.maximum(nb, 0)
+            taken = (nb >= 0) & (self.state[nbc] != NONE) & (self.parent[nbc] == par)
+            self.next[pbi[~taken]] = first[~taken]
+            for p, b in zip(par[taken].tolist(), first[taken].tolist(), strict=True):
+                self._add_child(p, -1, b)
+
+    def _parents_live(self, parents: np.ndarray, parent_blocks: np.ndarray) -> bool:
+        """Every parent registration is the root or still held by its block."""
+        if parents.shape[0] <= FEW_RUNS:
+            serial, state = self.serial, self.state
+            for p, pb in zip(parents.tolist(), parent_blocks.tolist(), strict=True):
+                if p != ROOT and (pb < 0 or serial[pb] != p or state[pb] != FULL):
+                    return False
+            return True
+        pb = np.maximum(parent_blocks, 0)
+        live = (parents == ROOT) | (
+            (parent_blocks >= 0) & (self.serial[pb] == parents) & (self.state[pb] == FULL)
+        )
+        return bool(live.all())
 
     def register(
         self, block: int, parent: int, parent_block: int, key: bytes, tokens: np.ndarray

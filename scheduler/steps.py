@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import DescriptorError, StaleDescriptor
+from .packed import Seal
 from .sequence import Sequence
 
 if TYPE_CHECKING:
@@ -41,23 +42,29 @@ class StepRecord:
     epoch: int  # the scheduler's epoch then: unchanged, every row is still live
     executed: bool = False
 
+    seal: Seal | None = None  # the bytes issued: proves a descriptor unmodified
+
     @classmethod
-    def of(cls, d: BatchDescriptor, seqs: tuple[Sequence, ...], epoch: int) -> StepRecord:
-        """The rows of a freshly built descriptor (copied: the descriptor is the caller's)."""
+    def of(
+        cls, d: BatchDescriptor, seqs: tuple[Sequence, ...], epoch: int, seal: Seal
+    ) -> StepRecord:
+        """The rows of a freshly built descriptor: views of the seal's private copy of
+        its bytes (the descriptor itself is the caller's)."""
         n = d.num_seqs
-        copy_lens = d.copy_lens[:n].copy()
+        copy_lens = seal.issued("copy_lens", n)
         k = int(copy_lens.sum())
         return cls(
             d.request_ids,
             d.arrivals,
-            d.context_lens[:n].copy(),
-            d.seq_lens[:n].copy(),
-            d.sample_mask[:n].copy(),
+            seal.issued("context_lens", n),
+            seal.issued("seq_lens", n),
+            seal.issued("sample_mask", n),
             copy_lens,
-            d.copy_src_slots[:k].copy(),
-            d.copy_dst_slots[:k].copy(),
+            seal.issued("copy_src_slots", k),
+            seal.issued("copy_dst_slots", k),
             seqs,
             epoch,
+            seal=seal,
         )
 
     @property
@@ -70,6 +77,8 @@ class StepRecord:
         n = len(self.request_ids)
         if d.request_ids != self.request_ids or d.arrivals != self.arrivals or d.num_seqs != n:
             return DescriptorError("request_ids", 0, f"not the rows step {d.step} was issued with")
+        if self.seal is not None and self.seal.rows_intact(d):
+            return None  # the issued arrays, their bytes unchanged
         k = self.copy_src.shape[0]
         for name, want, size in (
             ("sample_mask", self.finishes, n),
@@ -135,6 +144,11 @@ class Origin:
         if s is None:
             raise StaleDescriptor(f"the scheduler {d.scheduler_id!r} that issued it is gone")
         s.check_current(d)
+
+    def intact(self, d: BatchDescriptor) -> bool:
+        """``d`` is a current step of the live scheduler, exactly as it was issued."""
+        s = self._ref()
+        return s is not None and s._intact(d)
 
     def executed(self, d: BatchDescriptor) -> None:
         s = self._ref()

@@ -30,7 +30,10 @@ from .machine_support import (
     owners,
 )
 
-EXAMPLES = int(__import__("os").environ.get("MACHINE_EXAMPLES", 2000))
+# 600 derandomized programs of up to 25 rules: every rule fires hundreds of times and the
+# coverage checks below hold with margin (about 27 late hits, 40 copies); more examples
+# only lengthen the suite (MACHINE_EXAMPLES raises it for a soak run).
+EXAMPLES = int(__import__("os").environ.get("MACHINE_EXAMPLES", 600))
 HIT_TOKENS: list[int] = []  # cached tokens of every next-round request, over the run
 # over the run: rows whose prefix was matched when first scheduled, sub-block copies
 LATE: dict[str, int] = {"rematched": 0, "copied": 0}
@@ -301,7 +304,7 @@ class HostileScheduler(HostileCalls, RuleBasedStateMachine):
 MACHINE_SETTINGS = settings(
     max_examples=EXAMPLES,
     stateful_step_count=25,
-    derandomize=True,  # the same 2,000 programs in every CI run
+    derandomize=True,  # the same programs in every CI run
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

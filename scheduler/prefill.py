@@ -29,7 +29,9 @@ from .builder import FEW_ROWS, assemble_packed
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
 from .first_tokens import check_first_tokens
+from .key_tags import NO_TAGS, key_tags
 from .packed import Seal
+from .pending import LONG, Pending
 from .prefix_cache import NOT_CACHED, ROOT, PrefixCache, chain_keys
 from .rematch import Rematch
 from .request import MAX_SEED, Request, SamplingParams, check_prompt
@@ -86,9 +88,9 @@ class PrefillScheduler:
         # moves whenever a request is dropped or rewound: a step issued at the same epoch
         # still has every row live (no per-row lookup)
         self._epoch = 0
-        # keys of full blocks that rows of issued steps are computing -> the step
-        self._pending: dict[bytes, int] = {}
+        # full blocks that rows of issued steps are computing (their key tags) -> the step
         self._pending_cap = 4 * (config.max_num_batched_tokens // config.block_size) + 64
+        self._pending = Pending(self._pending_cap)
         self._store = RequestStore(config.max_num_requests, config.max_model_len)
 
     # ---- admission -------------------------------------------------------
@@ -111,11 +113,11 @@ class PrefillScheduler:
                 f"request {rid!r}: all {cfg.max_num_requests} request slots are in use"
             )
         cache = self.blocks.cache
-        keys: list[bytes] = []
+        tags = NO_TAGS
         cached: list[int] = []
         if cache is not None:
-            keys = chain_keys(prompt, bs)  # once per block: matching and registration
-            cached = cache.match(keys, prompt, 0, ROOT, (n - 1) // bs)
+            tags = key_tags(chain_keys(prompt, bs))  # once per block: matching, registration
+            cached = cache.match(tags, prompt, 0, ROOT, (n - 1) // bs)
         try:  # shares the cached blocks and allocates the rest, or changes nothing
             blocks = self.blocks.admit(cached, need - len(cached))
         except BlockAccountingError:
@@ -128,13 +130,14 @@ class PrefillScheduler:
             seed = int(self._rng.integers(0, MAX_SEED))
         table = np.asarray(blocks, np.int32)
         seq = Sequence(rid, prompt, req.sampling, seed, table, self._arrivals)
-        seq.keys = keys
         if cache is not None:
             seq.matched_at = cache.generation
             if cached:
                 self._link_shared(seq, len(cached))
         seq.num_scheduled = seq.num_cached = seq.num_computed = len(cached) * bs
-        self._store.add(seq, keys)
+        self._store.add(seq, tags)
+        if tags.shape[0]:
+            seq.tag_list = tags.tolist()
         self._seqs[rid] = self._prefilling[rid] = seq
         self._arrivals += 1
         self._prompt_tokens += seq.prompt_len
@@ -176,7 +179,7 @@ class PrefillScheduler:
         if pending and not outstanding:
             pending.clear()  # every step that was computing them is retired
         elif len(pending) > self._pending_cap:  # steps kept in flight: drop retired ones
-            self._pending = {k: s for k, s in pending.items() if s in outstanding}
+            pending.keep(outstanding)
         seqs, starts, counts, copies, waited = self._pick(wait)
         if not seqs and waited:  # nothing else to run: waiting would leave it empty
             seqs, starts, counts, copies, _ = self._pick(False)
@@ -202,6 +205,7 @@ class PrefillScheduler:
         bs, max_rows = cfg.block_size, cfg.max_num_seqs
         cache = self.blocks.cache
         step, outstanding, pending = self._steps, self._outstanding, self._pending
+        few = pending.few
         copy_room = cfg.max_copy_slots
         generation = cache.generation if cache is not None else 0
         roots = cache is not None and cache.has_roots
@@ -223,8 +227,9 @@ class PrefillScheduler:
                     start = seq.num_scheduled
                     left = seq.prompt_len - start
                 k = seq.num_shared
-                if wait and pending and k < len(seq.keys):
-                    s = pending.get(seq.keys[k])
+                if wait and (few or pending.n) and k < len(seq.tag_list):
+                    tag = seq.tag_list[k]  # no call when only short chunks are pending
+                    s = pending.get(tag) if pending.n else few.get(tag)
                     if s is not None and (s == step or s in outstanding):
                         waited = True  # an earlier row is computing its next block
                         continue
@@ -247,11 +252,11 @@ class PrefillScheduler:
             counts.append(n)
             if wait:  # the full blocks this chunk completes
                 a, b = start // bs, (start + n) // bs
-                if b - a > 4:
-                    pending.update(dict.fromkeys(seq.keys[a:b], step))
-                else:  # a short chunk: no temporary dict
-                    for key in seq.keys[a:b]:
-                        pending[key] = step
+                if b - a > LONG:
+                    pending.add(seq.tags[a:b], step)
+                else:  # a short chunk: a few dict entries
+                    for tag in seq.tag_list[a:b]:
+                        few[tag] = step
             budget -= n
             if budget == 0 or len(seqs) == max_rows:
                 break
@@ -413,16 +418,14 @@ class PrefillScheduler:
             blocks = np.concatenate([q.block_ids[q.num_linked : u] for q, u in runs])
             blocks = blocks.astype(np.int64)
             tokens = np.concatenate([q.prompt[q.num_linked * bs : u * bs] for q, u in runs])
-            keys: list[bytes] = []
-            for q, u in runs:  # list slices: C-level copies
-                keys += q.keys[q.num_linked : u]
+            tags = np.concatenate([q.tags[q.num_linked : u] for q, u in runs])
         else:  # many short runs: a few gathers over the store's arenas
             at = spans(store.blk_off[slots] + first, lens)
             blocks = store.blocks[at].astype(np.int64)
             tokens = store.tokens[spans(store.tok_off[slots] + first * bs, lens * bs)]
-            keys = list(map(store.keys.__getitem__, at.tolist()))
+            tags = store.tags[at]
         tokens = tokens.reshape(-1, bs)
-        last = cache.register_runs(blocks, tokens, keys, lens, parents, pblocks)
+        last = cache.register_runs(blocks, tokens, tags, lens, parents, pblocks)
         if last is not None:
             ends = np.cumsum(lens) - 1
             done = zip(seqs, upto.tolist(), last.tolist(), blocks[ends].tolist(), strict=True)
@@ -434,7 +437,7 @@ class PrefillScheduler:
             one = slice(lo, lo + m)
             lo += m
             last = cache.register_runs(
-                blocks[one], tokens[one], keys[one], np.array([m]),
+                blocks[one], tokens[one], tags[one], np.array([m]),
                 np.array([q.link_serial]), np.array([q.link_block]),
             )  # fmt: skip
             if last is not None:
@@ -444,7 +447,7 @@ class PrefillScheduler:
                 if q.link_serial == NOT_CACHED:
                     break  # nothing after a link the cache could not take is cached
                 q.link_serial, q.link_block = cache.register(
-                    int(q.block_ids[j]), q.link_serial, q.link_block, q.keys[j],
+                    int(q.block_ids[j]), q.link_serial, q.link_block, int(q.tags[j]),
                     q.prompt[j * bs : (j + 1) * bs],
                 )  # fmt: skip
             q.num_linked = u

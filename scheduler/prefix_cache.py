@@ -12,11 +12,14 @@ before block 0:
 Only full blocks have keys (a prompt of n tokens has n // B of them). Why this hash: a
 128-bit cut of SHA-256 is in every language's standard library (a router in Go, Rust or
 JS reproduces it without a dependency), costs about 0.5 us per block here, once per
-block of each admitted prompt (``Sequence.keys``; matching and registration reuse them),
-and nobody can craft a collision: a crafted one would not be a wrong hit (see below), but
-it could make a chain lose its key and so its hits.
+block of each admitted prompt, and nobody can craft a collision: a crafted one would not
+be a wrong hit (see below), but it could make a chain lose its key and so its hits.
 
-A key only finds a candidate. What makes a hit is the chain: every registration gets a
+Inside the scheduler a key is carried as its tag (``key_tags.key_tags``: its 64-bit
+Python hash, taken once at admission; ``Sequence.tags``), and the key index maps a tag
+to the full block cached under it (a dict). A key or a tag only finds a candidate.
+
+What makes a hit is the chain: every registration gets a
 serial that is never reused and records its parent's serial; block j of a prompt is a hit
 only when the candidate's tokens equal the prompt's block j AND its parent is the
 registration hit for block j - 1 (the root for block 0). By induction a hit's KV was
@@ -46,6 +49,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
+
+from .key_tags import key_tags
 
 KEY_BYTES = 16
 TOKEN_DTYPE = np.dtype("<u4")  # how token ids are hashed: little-endian uint32
@@ -93,8 +98,8 @@ class PrefixCache:
         self.filled = np.zeros(num_blocks, np.int32)  # tokens it holds (block_size: full)
         self.tokens = np.zeros((num_blocks, block_size), np.int64)
         self.next = np.full(num_blocks, -1, np.int32)  # the child registered right after it
-        self.keys = np.empty(num_blocks, dtype=object)  # a full block's key
-        self._by_key: dict[bytes, int] = {}  # key -> full block (a candidate, not a hit)
+        self.tag = np.zeros(num_blocks, np.int64)  # a full block's key tag
+        self._by_tag: dict[int, int] = {}  # tag -> full block (a candidate, not a hit)
         self._children: dict[tuple[int, int], list[int]] = {}  # (parent, first token) ->
         self._indexed = 0  # entries added to _children since it was last pruned
         self._count = 0
@@ -122,6 +127,10 @@ class PrefixCache:
     def is_evictable(self, block: int) -> bool:
         return block in self._evictable
 
+    def holds(self, tag: int) -> bool:
+        """Some full block is cached under key tag ``tag`` (a candidate, not a hit)."""
+        return tag in self._by_tag
+
     def live(self, block: int, serial: int) -> bool:
         """``block`` still holds registration ``serial`` (ROOT is always live)."""
         return serial == ROOT or (
@@ -131,7 +140,7 @@ class PrefixCache:
     # ---- lookups ------------------------------------------------------------------------
     def match(
         self,
-        keys: Sequence[bytes],
+        keys: Sequence[bytes] | np.ndarray,
         prompt: np.ndarray,
         first: int,
         parent: int,
@@ -139,14 +148,17 @@ class PrefixCache:
     ) -> list[int]:
         """Cached blocks holding ``prompt``'s blocks ``first``, ``first + 1``, ... (up to
         ``max_blocks`` in all), the first a child of registration ``parent``, each the
-        chain child of the one before: distinct by construction."""
-        if first >= max_blocks or keys[first] not in self._by_key:
+        chain child of the one before: distinct by construction. ``keys``: the prompt's
+        block keys, or their tags."""
+        if first >= max_blocks:
             return []
-        cands = list(map(self._by_key.get, keys[first:max_blocks]))  # C-level lookups
+        tags = key_tags(keys)
+        by_tag = self._by_tag
+        if int(tags[first]) not in by_tag:  # the common miss: one probe
+            return []
+        cands = list(map(by_tag.get, tags[first:max_blocks].tolist()))  # C-level lookups
         if None in cands:
             cands = cands[: cands.index(None)]
-        if not cands:
-            return cands
         bs = self.block_size
         arr = np.asarray(cands, dtype=np.int64)
         want = np.empty(len(cands), np.int64)
@@ -198,29 +210,33 @@ class PrefixCache:
         self,
         blocks: np.ndarray,
         tokens: np.ndarray,
-        keys: list[bytes],
+        keys: list[bytes] | np.ndarray,
         lens: np.ndarray,
         parents: np.ndarray,
         parent_blocks: np.ndarray,
     ) -> np.ndarray | None:
         """Register runs of written full blocks at once: run i is ``lens[i]`` consecutive
-        entries of ``blocks`` / ``tokens`` [n, block_size] / ``keys``, continuing the
-        chain of registration ``parents[i]`` (held by ``parent_blocks[i]``, -1 for the
-        root). Arrays written in bulk, dict updates in C: no per-block Python. Returns
-        each run's last serial, or None -- nothing registered -- when a key is taken or
-        repeated, a block is cached already or a parent is gone: the caller then goes
-        block by block (``register``), which resolves each case."""
-        by_key = self._by_key
+        entries of ``blocks`` / ``tokens`` [n, block_size] / ``keys`` (or their tags),
+        continuing the chain of registration ``parents[i]`` (held by
+        ``parent_blocks[i]``, -1 for the root). Arrays written in bulk, the index
+        updated in C: no per-block Python. Returns each run's last serial, or None --
+        nothing registered -- when a key is taken or repeated, a block is cached already
+        or a parent is gone: the caller then goes block by block (``register``), which
+        resolves each case."""
         if self.state[blocks].any():  # a written block is private: never cached already
             return None
-        if not self._parents_live(parents, parent_blocks) or not by_key.keys().isdisjoint(keys):
-            return None  # a parent is gone, or a key is taken
+        if not self._parents_live(parents, parent_blocks):
+            return None  # a parent is gone
+        tags, by_tag = key_tags(keys), self._by_tag
+        listed = tags.tolist()
+        if not by_tag.keys().isdisjoint(listed):
+            return None  # a key is taken
         total = blocks.shape[0]
-        before = len(by_key)
-        by_key.update(zip(keys, blocks.tolist(), strict=True))  # C-level: no per-block Python
-        if len(by_key) != before + total:  # a key repeated: undo (every key was new)
-            for k in keys:
-                by_key.pop(k, None)
+        before = len(by_tag)
+        by_tag.update(zip(listed, blocks.tolist(), strict=True))  # C-level: no per-block Python
+        if len(by_tag) != before + total:  # a key repeated: undo (every key was new)
+            for t in listed:
+                by_tag.pop(t, None)
             return None
         s0 = self._next_serial
         serials = np.arange(s0, s0 + total, dtype=np.int64)
@@ -232,23 +248,10 @@ class PrefixCache:
         self.state[blocks] = FULL
         self.filled[blocks] = self.block_size
         self.tokens[blocks] = tokens
-        self.keys[blocks] = _object_array(keys)
+        self.tag[blocks] = tags
         self.next[blocks] = -1
         self.next[blocks[:-1]] = blocks[1:]  # across runs too: checked by parent on use
         self._index_heads(parents, parent_blocks, blocks[firsts])
-        self._next_serial = s0 + total
-        self._count += total
-        self.generation += 1
-        return serials[firsts + lens - 1]
-        inner = parent_blocks >= 0
-        if inner.any():
-            pbi, first, par = parent_blocks[inner], blocks[firsts[inner]], parents[inner]
-            nb = self.next[pbi]
-            nbc = np.maximum(nb, 0)
-            taken = (nb >= 0) & (self.state[nbc] != NONE) & (self.parent[nbc] == par)
-            self.next[pbi[~taken]] = first[~taken]
-            for p, b in zip(par[taken].tolist(), first[taken].tolist(), strict=True):
-                self._add_child(p, -1, b)
         self._next_serial = s0 + total
         self._count += total
         self.generation += 1
@@ -291,16 +294,17 @@ class PrefixCache:
         return bool(live.all())
 
     def register(
-        self, block: int, parent: int, parent_block: int, key: bytes, tokens: np.ndarray
+        self, block: int, parent: int, parent_block: int, key: bytes | int, tokens: np.ndarray
     ) -> tuple[int, int]:
         """Cache full ``block`` (its KV is written, after the chain ``parent``, held by
-        ``parent_block``) under ``key``. Returns the link that stands for the chain
-        through it, (serial, block holding it): its new registration, an equal one
+        ``parent_block``) under ``key`` (or its tag, an int). Returns the link that stands
+        for the chain through it, (serial, block holding it): its new registration, an equal one
         already cached (same parent, same tokens: this block stays private), or
         (NOT_CACHED, -1) (the parent is gone, or a live chain holds the key)."""
         if parent == NOT_CACHED or not self.live(parent_block, parent):
             return NOT_CACHED, -1
-        held = self._by_key.get(key)
+        tag = key if isinstance(key, int) else hash(key)
+        held = self._by_tag.get(tag)
         if held is not None:
             if self.parent[held] == parent and np.array_equal(self.tokens[held], tokens):
                 return int(self.serial[held]), held
@@ -310,8 +314,8 @@ class PrefixCache:
         if self.state[block]:  # a written block is private, so never cached
             return NOT_CACHED, -1
         serial = self._put(block, parent, parent_block, tokens, FULL)
-        self.keys[block] = key
-        self._by_key[key] = block
+        self.tag[block] = tag
+        self._by_tag[tag] = block
         return serial, block
 
     def register_partial(
@@ -403,16 +407,9 @@ class PrefixCache:
         """Evict the least recently released cached block; returns it (now uncached)."""
         block, _ = self._evictable.popitem(last=False)
         if self.state[block] == FULL:
-            key = self.keys[block]
-            if self._by_key.get(key) == block:  # an orphan may have lost its key already
-                del self._by_key[key]
+            tag = int(self.tag[block])
+            if self._by_tag.get(tag) == block:  # an orphan may have lost its key already
+                del self._by_tag[tag]
         self.state[block] = NONE
-        self.keys[block] = None
         self._count -= 1
         return block
-
-
-def _object_array(items: list) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out

@@ -30,8 +30,8 @@ class Rematch:
         self.sched = sched
         self.cache = sched.blocks.cache
         self.bs = sched.config.block_size
-        # (first block, chain link, its key) -> (hits, as an array, their tokens' bytes)
-        self.memo: dict[tuple[int, int, bytes], tuple[list[int], np.ndarray, bytes]] = {}
+        # (first block, chain link, its key tag) -> (hits, as an array, their tokens' bytes)
+        self.memo: dict[tuple[int, int, int], tuple[list[int], np.ndarray, bytes]] = {}
         self.shared: dict[int, list] = {}  # id(hits array) -> [hits array, rows sharing it]
         self.mine: list[np.ndarray] = []
 
@@ -42,7 +42,8 @@ class Rematch:
         most = (seq.prompt_len - 1) // bs
         if k >= most:
             return
-        key = (k, seq.link_serial, seq.keys[k])
+        tag = seq.tag_list[k]
+        key = (k, seq.link_serial, tag)
         known = self.memo.get(key)
         hits: list[np.ndarray] = []
         if known is not None:
@@ -51,11 +52,13 @@ class Rematch:
             if end <= most and seq.prompt[k * bs : end * bs].tobytes() == tokens:
                 hits.append(arr)
                 link = int(cache.serial[blocks[-1]])
-                more = cache.match(seq.keys, seq.prompt, end, link, most)
+                more = cache.match(seq.tags, seq.prompt, end, link, most)
                 if more:
                     hits.append(np.array(more, np.int64))
         if not hits:
-            hit = cache.match(seq.keys, seq.prompt, k, seq.link_serial, most)
+            if not cache.holds(tag):
+                return  # the common miss: one dict probe
+            hit = cache.match(seq.tags, seq.prompt, k, seq.link_serial, most)
             if not hit:
                 return
             arr = np.array(hit, np.int64)

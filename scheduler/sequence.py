@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from graphbatch.sampling import SAMPLING_RULES
 
+from .key_tags import NO_TAGS
 from .prefix_cache import ROOT
 from .request import SamplingParams
 
@@ -39,8 +40,10 @@ class Sequence:
     # (pinned until that step is retired) and how many slots; -1 / 0 for none
     copy_src: int = -1
     copy_len: int = 0
-    # keys of its full blocks (prefix_cache.chain_keys), computed once at admission
-    keys: list[bytes] = field(default_factory=list)
+    # tags of its full blocks' keys (prefix_cache.chain_keys, key_tags.key_tags), taken
+    # once at admission; a view into the RequestStore's arena
+    tags: np.ndarray = field(default_factory=lambda: NO_TAGS)
+    tag_list: list[int] = field(default_factory=list)  # the same, as ints (dict probes)
     # the cache chain through its leading blocks: how many are linked, the serial of the
     # last link (NOT_CACHED: the chain broke, nothing after it is cached) and the block
     # holding it

@@ -1,9 +1,10 @@
 """Per-request rows the scheduler gathers in whole batches: each admitted request has a
-slot (its sampling values and prompt length), and its prompt, block table and block keys
-sit in flat arenas. A step's input ids, block tables and sampling fields, and the blocks
-and tokens ``update`` registers, are then a few numpy gathers, not one Python step per
-row. A request's ``prompt`` and ``block_ids`` are views into the arenas; when an arena is
-full it is compacted (live rows copied into a larger one, views re-pointed)."""
+slot (its sampling values and prompt length), and its prompt, block table and block key
+tags sit in flat arenas. A step's input ids, block tables and sampling fields, and the
+blocks, tokens and tags ``update`` registers, are then a few numpy gathers, not one
+Python step per row. A request's ``prompt``, ``block_ids`` and ``tags`` are views into the
+arenas; when an arena is full it is compacted (live rows copied into a larger one, views
+re-pointed)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,12 @@ class RequestStore:
         size = max(4 * max_model_len, 1 << 16)
         self.tokens = np.zeros(size, np.int64)
         self.blocks = np.zeros(size, np.int32)
-        self.keys: list = [None] * size  # aligned with ``blocks``: full blocks' keys
+        self.tags = np.zeros(size, np.int64)  # aligned with ``blocks``: full blocks' key tags
         self._tok_top = self._blk_top = 0
 
-    def add(self, seq: Sequence, keys: list[bytes]) -> None:
-        """Give ``seq`` a slot; its prompt and block table move into the arenas."""
+    def add(self, seq: Sequence, tags: np.ndarray) -> None:
+        """Give ``seq`` a slot; its prompt, block table and key tags (``key_tags``; none
+        without a prefix cache) move into the arenas."""
         n, nb = seq.prompt_len, seq.block_ids.shape[0]
         if self._tok_top + n > self.tokens.shape[0] or self._blk_top + nb > self.blocks.shape[0]:
             self._compact(n, nb)
@@ -45,10 +47,12 @@ class RequestStore:
         t0, b0 = self._tok_top, self._blk_top
         self.tokens[t0 : t0 + n] = seq.prompt
         self.blocks[b0 : b0 + nb] = seq.block_ids
-        self.keys[b0 : b0 + len(keys)] = keys
         self._tok_top, self._blk_top = t0 + n, b0 + nb
         seq.prompt = self.tokens[t0 : t0 + n]
         seq.block_ids = self.blocks[b0 : b0 + nb]
+        if tags.shape[0]:  # (none without a prefix cache: no arena writes)
+            self.tags[b0 : b0 + tags.shape[0]] = tags
+            seq.tags = self.tags[b0 : b0 + tags.shape[0]]
         seq.slot = slot
         self.tok_off[slot], self.blk_off[slot] = t0, b0
         self.prompt_len[slot], self.num_blocks[slot] = n, nb
@@ -66,15 +70,16 @@ class RequestStore:
         blocks = sum(s.block_ids.shape[0] for s in live) + nb
         new_t = np.zeros(max(2 * tokens, self.tokens.shape[0]), np.int64)
         new_b = np.zeros(max(2 * blocks, self.blocks.shape[0]), np.int32)
-        new_k: list = [None] * new_b.shape[0]
+        new_k = np.zeros(new_b.shape[0], np.int64)
         t = b = 0
         for s in live:
             pn, bn, b_old = s.prompt_len, s.block_ids.shape[0], int(self.blk_off[s.slot])
             new_t[t : t + pn] = s.prompt
             new_b[b : b + bn] = s.block_ids
-            new_k[b : b + bn] = self.keys[b_old : b_old + bn]
+            new_k[b : b + bn] = self.tags[b_old : b_old + bn]
             s.prompt, s.block_ids = new_t[t : t + pn], new_b[b : b + bn]
+            s.tags = new_k[b : b + s.tags.shape[0]]
             self.tok_off[s.slot], self.blk_off[s.slot] = t, b
             t, b = t + pn, b + bn
-        self.tokens, self.blocks, self.keys = new_t, new_b, new_k
+        self.tokens, self.blocks, self.tags = new_t, new_b, new_k
         self._tok_top, self._blk_top = t, b

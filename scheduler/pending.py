@@ -1,0 +1,90 @@
+"""The full blocks that rows of issued steps are computing, by key tag -> the step
+(``PrefillScheduler._pick``: a request whose next block is among them waits for it).
+
+A short chunk's tags go into a dict, one entry each; a long chunk's (hundreds of blocks)
+are one array copy into a flat list that a lookup scans. Lookups come once per row, so
+many short rows cost a dict probe each, and the few rows of long chunks a scan of a few
+thousand tags each -- only when a bit map of the listed tags' low bits says the tag may
+be there, and a scan's answer is kept until the list changes (rows sharing a prefix ask
+for the same block).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LONG = 8  # a chunk of more blocks than this is stored as an array
+MARK_BITS = 16  # the bit map: 64 K entries, a few percent set by a few thousand tags
+_MARK_MASK = (1 << MARK_BITS) - 1
+
+
+class Pending:
+    def __init__(self, capacity: int) -> None:
+        self._few: dict[int, int] = {}
+        self._tags = np.empty(max(capacity, 16), np.int64)
+        self._steps = np.empty(max(capacity, 16), np.int64)
+        self.n = 0  # tags in the array (long chunks)
+        self._scanned: dict[int, int | None] = {}  # tag -> what the list says of it
+        self._mark = np.zeros(1 << MARK_BITS, bool)  # low bits of the listed tags
+
+    def __bool__(self) -> bool:
+        return bool(self._few) or self.n > 0
+
+    def __len__(self) -> int:
+        return len(self._few) + self.n
+
+    @property
+    def few(self) -> dict[int, int]:
+        """Where a short chunk's tags go: ``few[tag] = step`` (``_pick``'s hot loop)."""
+        return self._few
+
+    def add(self, tags: np.ndarray, step: int) -> None:
+        """The blocks of ``tags`` (a long chunk's) are computed by ``step``."""
+        k = tags.shape[0]
+        n = self.n
+        self._scanned.clear()
+        if n + k > self._tags.shape[0]:
+            size = 2 * (n + k)
+            self._tags = np.resize(self._tags, size)
+            self._steps = np.resize(self._steps, size)
+        self._tags[n : n + k] = tags
+        self._steps[n : n + k] = step
+        self._mark[tags & _MARK_MASK] = True
+        self.n = n + k
+
+    def get(self, tag: int) -> int | None:
+        """The newest step computing the block of ``tag``, or None."""
+        s = self._few.get(tag)
+        if self.n:
+            scanned = self._scanned
+            if tag in scanned:
+                t = scanned[tag]
+            elif not self._mark[tag & _MARK_MASK]:
+                t = None  # no listed tag has its low bits
+            else:
+                hits = np.flatnonzero(self._tags[: self.n] == tag)
+                # added in step order: the last is the newest
+                t = scanned[tag] = int(self._steps[hits[-1]]) if hits.shape[0] else None
+            if t is not None and (s is None or t > s):
+                s = t
+        return s
+
+    def clear(self) -> None:
+        self._few.clear()
+        self._scanned.clear()
+        self._mark[self._tags[: self.n] & _MARK_MASK] = False
+        self.n = 0
+
+    def keep(self, steps: dict) -> None:
+        """Drop the blocks of steps not in ``steps`` (retired ones)."""
+        self._few = {t: s for t, s in self._few.items() if s in steps}
+        self._scanned.clear()
+        n = self.n
+        if n:
+            live = np.isin(self._steps[:n], np.fromiter(steps, np.int64, len(steps)))
+            m = int(live.sum())
+            self._mark[self._tags[:n] & _MARK_MASK] = False
+            self._tags[:m] = self._tags[:n][live]
+            self._steps[:m] = self._steps[:n][live]
+            self._mark[self._tags[:m] & _MARK_MASK] = True
+            self.n = m

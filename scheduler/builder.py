@@ -51,12 +51,14 @@ def assemble_packed(
     counts_: list[int],
     copies: Seq[tuple[int, int, int]] = (),
     store: RequestStore | None = None,
+    slots: np.ndarray | None = None,
 ) -> tuple[BatchDescriptor, np.ndarray, Layout]:
     """The descriptor, the byte buffer its arrays view and that buffer's layout.
 
     Every array starts as padding (``packed.Layout.new``); the real rows are written over
     it, each field in one vectorised assignment -- gathered from ``store`` (the requests'
-    slots and arenas) when given, else from the sequences themselves.
+    slots and arenas) when given, else from the sequences themselves. ``slots``: the
+    rows' store slots, if the caller has them already.
     """
     n = len(seqs)
     S, MB, bs = config.max_num_seqs, config.max_blocks_per_seq, config.block_size
@@ -73,7 +75,8 @@ def assemble_packed(
     if store is None:
         plens = _rows_from_seqs(a, seqs, starts_, counts_, starts, counts, ends, num_tokens, bs)
     else:
-        slots = np.array([s.slot for s in seqs], dtype=np.int64)
+        if slots is None:
+            slots = np.array([s.slot for s in seqs], dtype=np.int64)
         plens = store.prompt_len[slots]
         if n <= FEW_ROWS:
             for rule_i, rule in enumerate(SAMPLING_RULES):  # a few scalars, no gathers

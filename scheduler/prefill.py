@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 
@@ -130,12 +129,12 @@ class PrefillScheduler:
             seed = int(self._rng.integers(0, MAX_SEED))
         table = np.asarray(blocks, np.int32)
         seq = Sequence(rid, prompt, req.sampling, seed, table, self._arrivals)
+        self._store.add(seq, tags)  # its slot holds its chain (nothing below raises)
         if cache is not None:
             seq.matched_at = cache.generation
             if cached:
                 self._link_shared(seq, len(cached))
         seq.num_scheduled = seq.num_cached = seq.num_computed = len(cached) * bs
-        self._store.add(seq, tags)
         if tags.shape[0]:
             seq.tag_list = tags.tolist()
         self._seqs[rid] = self._prefilling[rid] = seq
@@ -185,14 +184,16 @@ class PrefillScheduler:
             seqs, starts, counts, copies, _ = self._pick(False)
         if not seqs:
             return None
-        d, raw, lay = assemble_packed(self.config, seqs, starts, counts, copies, self._store)
+        slots = np.array([q.slot for q in seqs], np.int64)
+        d, raw, lay = assemble_packed(self.config, seqs, starts, counts, copies, self._store, slots)
         step = self._steps
         d.scheduler_id, d.step, d.origin = self.id, step, self._origin
         d.arrivals = tuple([q.arrival for q in seqs])
         for seq, start, n in zip(seqs, starts, counts, strict=True):
             seq.num_scheduled = start + n
         self._steps += 1
-        self._outstanding[step] = StepRecord.of(d, tuple(seqs), self._epoch, Seal(d, raw, lay))
+        seal = Seal(d, raw, lay)
+        self._outstanding[step] = StepRecord.of(d, tuple(seqs), slots, self._epoch, seal)
         return d
 
     def _pick(self, wait: bool) -> tuple[list, list, list, list, bool]:
@@ -359,7 +360,7 @@ class PrefillScheduler:
         cache, bs = self.blocks.cache, self.config.block_size
         ends, finishes, toks = rec.ends.tolist(), rec.finishes.tolist(), tokens.tolist()
         copied = rec.copy_lens.tolist() if rec.copy_src.shape[0] else None
-        runs: list[tuple[Sequence, int]] = []  # (sequence, full blocks now written)
+        skipped: list[int] = []  # rows whose chunk is not cached (rewound, no token)
         tails: list[Sequence] = []  # finished: their last, partly filled block
         prefilling = self._prefilling
         PREFILLING, TRANSFERRING = SeqState.PREFILLING, SeqState.TRANSFERRING  # hot loop
@@ -369,10 +370,12 @@ class PrefillScheduler:
             end = ends[i]
             if seq.num_computed < end:  # this chunk's KV was never computed
                 self._rewind(seq)
+                skipped.append(i)
                 continue
             if finishes[i]:
                 tok = toks[i]
                 if tok < 0:
+                    skipped.append(i)
                     continue  # flagged by the executor: no token, its KV may be garbage
                 if seq.state is PREFILLING:
                     seq.first_token, seq.state = tok, TRANSFERRING
@@ -381,15 +384,8 @@ class PrefillScheduler:
                     moved.append(rid)
                     if cache is not None and end % bs:
                         tails.append(seq)
-            if cache is not None:
-                full = end // bs
-                if full > seq.num_linked:
-                    if seq.link_serial == NOT_CACHED:  # nothing after a broken link is cached
-                        seq.num_linked = full
-                    else:
-                        runs.append((seq, full))
-        if runs:
-            self._register(runs)
+        if cache is not None and rows:
+            self._link_rows(rec, rows, skipped)
         for seq in tails:
             full = seq.prompt_len // bs
             if seq.num_linked == full and seq.link_serial != NOT_CACHED:
@@ -404,21 +400,71 @@ class PrefillScheduler:
             rec.seal.release()
         return moved
 
-    def _register(self, runs: list[tuple[Sequence, int]]) -> None:
-        """Cache the full blocks each run's sequence wrote up to its count: in one batch
-        (a few numpy gathers from the store, no per-block Python) where nothing
-        collides, block by block where something does."""
+    def _link_rows(
+        self, rec: StepRecord, rows: list[tuple[int, Sequence]], skipped: list[int]
+    ) -> None:
+        """Extend the chains of the step's live rows whose chunk ran and was kept."""
+        if len(rows) <= FEW_ROWS:  # a few rows: scalar reads beat a dozen numpy calls
+            self._link_few(rec, rows, skipped)
+            return
+        ends = rec.ends.astype(np.int64)
+        if len(rows) == ends.shape[0] and not skipped:  # every row (the common case)
+            self._link(rec.slots, ends // self.config.block_size)
+            return
+        keep = np.zeros(ends.shape[0], bool)
+        keep[[i for i, _ in rows]] = True
+        keep[skipped] = False
+        self._link(rec.slots[keep], ends[keep] // self.config.block_size)
+
+    def _link_few(
+        self, rec: StepRecord, rows: list[tuple[int, Sequence]], skipped: list[int]
+    ) -> None:
+        """``_link`` row by row."""
+        bs, ends = self.config.block_size, rec.ends.tolist()
+        slots, fulls = [], []
+        for i, q in rows:
+            full = ends[i] // bs
+            if i in skipped or full <= q.num_linked:
+                continue
+            if q.link_serial == NOT_CACHED:  # nothing after a broken link is cached
+                q.num_linked = full
+            else:
+                slots.append(q.slot)
+                fulls.append(full)
+        if slots:
+            self._register(np.array(slots, np.int64), np.array(fulls, np.int64))
+
+    def _link(self, slots: np.ndarray, fulls: np.ndarray) -> None:
+        """Extend the chains of the requests at ``slots`` to their first ``fulls`` full
+        blocks, now written: whole-array reads and writes of the store's ``Links``."""
+        links = self._store.links
+        grow = fulls > links.linked[slots]
+        broken = links.serial[slots] == NOT_CACHED
+        cut = grow & broken  # nothing after a broken link is cached: just move past
+        if cut.any():
+            links.linked[slots[cut]] = fulls[cut]
+        grow &= ~broken
+        if not grow.any():
+            return
+        if grow.all():
+            self._register(slots, fulls)
+        else:
+            self._register(slots[grow], fulls[grow])
+
+    def _register(self, slots: np.ndarray, upto: np.ndarray) -> None:
+        """Cache the full blocks each request (at ``slots``) wrote past its chain, up to
+        ``upto`` blocks: in one batch (a few numpy gathers from the store, no per-block
+        Python) where nothing collides, block by block where something does."""
         cache, bs, store = self.blocks.cache, self.config.block_size, self._store
-        seqs = [r[0] for r in runs]
-        rows = [(q.slot, q.num_linked, u, q.link_serial, q.link_block) for q, u in runs]
-        cols = np.fromiter(chain.from_iterable(rows), np.int64, count=5 * len(rows))
-        slots, first, upto, parents, pblocks = cols.reshape(-1, 5).T  # one pass, one array
+        links = store.links
+        first, parents, pblocks = links.linked[slots], links.serial[slots], links.block[slots]
         lens = upto - first
-        if len(runs) <= FEW_ROWS:  # long runs of few rows: slices of their arenas
-            blocks = np.concatenate([q.block_ids[q.num_linked : u] for q, u in runs])
-            blocks = blocks.astype(np.int64)
-            tokens = np.concatenate([q.prompt[q.num_linked * bs : u * bs] for q, u in runs])
-            tags = np.concatenate([q.tags[q.num_linked : u] for q, u in runs])
+        if slots.shape[0] <= FEW_ROWS:  # long runs of few rows: slices of their arenas
+            seqs = [store.seq(s) for s in slots.tolist()]
+            runs = list(zip(seqs, first.tolist(), upto.tolist(), strict=True))
+            blocks = np.concatenate([q.block_ids[a:u] for q, a, u in runs]).astype(np.int64)
+            tokens = np.concatenate([q.prompt[a * bs : u * bs] for q, a, u in runs])
+            tags = np.concatenate([q.tags[a:u] for q, a, u in runs])
         else:  # many short runs: a few gathers over the store's arenas
             at = spans(store.blk_off[slots] + first, lens)
             blocks = store.blocks[at].astype(np.int64)
@@ -427,13 +473,13 @@ class PrefillScheduler:
         tokens = tokens.reshape(-1, bs)
         last = cache.register_runs(blocks, tokens, tags, lens, parents, pblocks)
         if last is not None:
-            ends = np.cumsum(lens) - 1
-            done = zip(seqs, upto.tolist(), last.tolist(), blocks[ends].tolist(), strict=True)
-            for q, u, serial, block in done:
-                q.num_linked, q.link_serial, q.link_block = u, serial, block
+            links.linked[slots] = upto
+            links.serial[slots] = last
+            links.block[slots] = blocks[np.cumsum(lens) - 1]
             return
         lo = 0
-        for q, u, m in zip(seqs, upto.tolist(), lens.tolist(), strict=True):  # run by run
+        for s, u, m in zip(slots.tolist(), upto.tolist(), lens.tolist(), strict=True):
+            q = store.seq(s)  # run by run
             one = slice(lo, lo + m)
             lo += m
             last = cache.register_runs(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from graphbatch.sampling import SAMPLING_RULES
 
 from .key_tags import NO_TAGS
-from .prefix_cache import ROOT
 from .request import SamplingParams
+
+if TYPE_CHECKING:
+    from .store import Links
 
 
 class SeqState(enum.Enum):
@@ -44,14 +47,9 @@ class Sequence:
     # once at admission; a view into the RequestStore's arena
     tags: np.ndarray = field(default_factory=lambda: NO_TAGS)
     tag_list: list[int] = field(default_factory=list)  # the same, as ints (dict probes)
-    # the cache chain through its leading blocks: how many are linked, the serial of the
-    # last link (NOT_CACHED: the chain broke, nothing after it is cached) and the block
-    # holding it
-    num_linked: int = 0
-    link_serial: int = ROOT
-    link_block: int = -1
     matched_at: int = -1  # the cache generation its prefix was last matched against
     slot: int = -1  # its row in the scheduler's RequestStore (-1: none)
+    links: Links | None = field(default=None, repr=False)  # the store's chain arrays
     first_token: int | None = None
     state: SeqState = SeqState.PREFILLING
     prompt_len: int = field(init=False)  # a plain int: read on every schedule() pass
@@ -64,6 +62,35 @@ class Sequence:
             getattr(self, r.param) if r.optional else getattr(self.sampling, r.param)
             for r in SAMPLING_RULES
         )
+
+    # the cache chain through its leading blocks: how many are linked, the serial of the
+    # last link (NOT_CACHED: the chain broke, nothing after it is cached) and the block
+    # holding it. They live in the RequestStore's arrays at the request's slot
+    # (``store.Links``), so ``update`` reads and advances a step's rows as whole arrays;
+    # meaningful while the request is admitted (a released one's slot is reused).
+    @property
+    def num_linked(self) -> int:
+        return int(self.links.linked[self.slot])
+
+    @num_linked.setter
+    def num_linked(self, v: int) -> None:
+        self.links.linked[self.slot] = v
+
+    @property
+    def link_serial(self) -> int:
+        return int(self.links.serial[self.slot])
+
+    @link_serial.setter
+    def link_serial(self, v: int) -> None:
+        self.links.serial[self.slot] = v
+
+    @property
+    def link_block(self) -> int:
+        return int(self.links.block[self.slot])
+
+    @link_block.setter
+    def link_block(self, v: int) -> None:
+        self.links.block[self.slot] = v
 
     @property
     def remaining(self) -> int:

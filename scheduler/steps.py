@@ -39,6 +39,7 @@ class StepRecord:
     copy_src: np.ndarray  # [k] int64: the real copy entries
     copy_dst: np.ndarray  # [k] int64
     seqs: tuple[Sequence, ...]  # the rows' sequences when it was issued
+    slots: np.ndarray  # [n] int64: their RequestStore slots (a live row's is still its)
     epoch: int  # the scheduler's epoch then: unchanged, every row is still live
     executed: bool = False
 
@@ -46,7 +47,12 @@ class StepRecord:
 
     @classmethod
     def of(
-        cls, d: BatchDescriptor, seqs: tuple[Sequence, ...], epoch: int, seal: Seal
+        cls,
+        d: BatchDescriptor,
+        seqs: tuple[Sequence, ...],
+        slots: np.ndarray,
+        epoch: int,
+        seal: Seal,
     ) -> StepRecord:
         """The rows of a freshly built descriptor: views of the seal's private copy of
         its bytes (the descriptor itself is the caller's)."""
@@ -63,6 +69,7 @@ class StepRecord:
             seal.issued("copy_src_slots", k),
             seal.issued("copy_dst_slots", k),
             seqs,
+            slots,
             epoch,
             seal=seal,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from graphbatch.sampling import SAMPLING_RULES
 
+from .prefix_cache import ROOT
 from .sequence import Sequence
 
 
@@ -19,6 +20,20 @@ def spans(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     total = int(lens.sum())
     firsts = np.cumsum(lens) - lens
     return np.arange(total, dtype=np.int64) + np.repeat(starts - firsts, lens)
+
+
+class Links:
+    """Each slot's cache chain (``Sequence.num_linked`` / ``link_serial`` /
+    ``link_block``): one array per field, so a step's rows are read and advanced in one
+    gather / scatter each."""
+
+    def __init__(self, size: int) -> None:
+        self.linked = np.zeros(size, np.int64)
+        self.serial = np.zeros(size, np.int64)
+        self.block = np.zeros(size, np.int64)
+
+    def reset(self, slot: int) -> None:
+        self.linked[slot], self.serial[slot], self.block[slot] = 0, ROOT, -1
 
 
 class RequestStore:
@@ -36,6 +51,7 @@ class RequestStore:
         self.blocks = np.zeros(size, np.int32)
         self.tags = np.zeros(size, np.int64)  # aligned with ``blocks``: full blocks' key tags
         self._tok_top = self._blk_top = 0
+        self.links = Links(R)
 
     def add(self, seq: Sequence, tags: np.ndarray) -> None:
         """Give ``seq`` a slot; its prompt, block table and key tags (``key_tags``; none
@@ -53,16 +69,23 @@ class RequestStore:
         if tags.shape[0]:  # (none without a prefix cache: no arena writes)
             self.tags[b0 : b0 + tags.shape[0]] = tags
             seq.tags = self.tags[b0 : b0 + tags.shape[0]]
-        seq.slot = slot
+        seq.slot, seq.links = slot, self.links
+        self.links.reset(slot)
         self.tok_off[slot], self.blk_off[slot] = t0, b0
         self.prompt_len[slot], self.num_blocks[slot] = n, nb
         for rule, v in zip(SAMPLING_RULES, seq.sampling_values, strict=True):
             self.sampling[rule.field][slot] = v
         self._seqs[slot] = seq
 
+    def seq(self, slot: int) -> Sequence:
+        return self._seqs[slot]
+
     def remove(self, seq: Sequence) -> None:
         self._seqs[seq.slot] = None
         self._free.append(seq.slot)
+        # its slot goes to the next request: a late read or write of its chain state
+        # must fail loudly, not touch that request's
+        seq.links = None
 
     def _compact(self, n: int, nb: int) -> None:
         live = [s for s in self._seqs if s is not None]

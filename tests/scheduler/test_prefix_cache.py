@@ -169,6 +169,32 @@ def test_a_flagged_row_never_feeds_the_cache(config):
     assert s.num_cached("b") == 0 and s.stats().cached_blocks == 0
 
 
+def test_a_flagged_row_among_many_leaves_the_others_cached(config):
+    """Many rows in one step (their chains advanced as whole arrays): the flagged row's
+    blocks stay out of the cache, every other row's are cached along its own chain."""
+    cfg = replace(
+        config, max_num_seqs=12, max_num_batched_tokens=12 * 9, num_kv_blocks=96,
+        max_num_requests=32,
+    )  # fmt: skip
+    s = PrefillScheduler(cfg)  # block_size 4: 9 tokens = 2 full blocks + 1 slot
+    for i in range(12):
+        s.add_request(Request(f"r{i}", prompt(9, start=7 * i)))
+    d = s.schedule()
+    assert d.num_seqs == 12
+    d.mark_executed()
+    tokens = [1] * d.seq_capacity
+    tokens[d.request_ids.index("r5")] = -1
+    s.update(d, tokens)
+    for i in range(12):
+        q = s._seqs[f"r{i}"]
+        assert q.num_linked == (0 if i == 5 else 2)
+        s.add_request(Request(f"again{i}", prompt(9, start=7 * i)))
+        assert s.num_cached(f"again{i}") == (0 if i == 5 else 8)
+        if i != 5:
+            assert s.block_ids(f"again{i}")[:2] == s.block_ids(f"r{i}")[:2]
+            assert q.link_block == s.block_ids(f"r{i}")[1]
+
+
 # ---- matched when first scheduled; requests arriving together --------------------------
 def test_a_request_is_matched_again_when_first_scheduled(config):
     s = PrefillScheduler(config)  # block_size 4

@@ -305,16 +305,10 @@ def capturing(x: Any) -> bool:
 # ---- error counters -------------------------------------------------------------------
 
 
-def new_error_counter(device: Any = "cpu", like: Any = None) -> Any:
-    """int32 [2] = (bad rows seen, first bad row); reset with ``reset_error_counter``.
-
-    In ``like``'s framework (paddle tensors get a paddle counter on paddle's current
-    device), else torch on ``device``.
-    """
-    if like is not None and is_paddle(like):
-        import paddle
-
-        return paddle.to_tensor([0, INT32_MAX], dtype="int32", place=like.place)
+def new_error_counter(device: Any = "cpu") -> Any:
+    """int32 [2] = (bad rows seen, first bad row), a torch tensor on ``device``; reset
+    with ``reset_error_counter``. (The executor's counters are rows of its static
+    buffers, in the backend's framework.)"""
     import torch
 
     return torch.tensor([0, INT32_MAX], dtype=torch.int32, device=device)

@@ -112,7 +112,6 @@ class DecodeBatch:
             sampling or SamplingParams(),
             seed,
             np.asarray(block_ids, dtype=np.int32),
-            arrival=0,
         )
         self.live[request_id] = _Live(seq, num_cached, max_new_tokens, [], list(block_ids))
 

@@ -38,96 +38,121 @@ def assemble(
     starts_: list[int],
     counts_: list[int],
     copies: Seq[tuple[int, int, int]] = (),
-    store: RequestStore | None = None,
 ) -> BatchDescriptor:
-    """The descriptor of rows ``seqs`` (chunks ``starts_[i]``, ``counts_[i]`` tokens)."""
-    return assemble_packed(config, seqs, starts_, counts_, copies, store)[0]
-
-
-def assemble_packed(
-    config: SchedulerConfig,
-    seqs: list[Sequence],
-    starts_: list[int],
-    counts_: list[int],
-    copies: Seq[tuple[int, int, int]] = (),
-    store: RequestStore | None = None,
-    slots: np.ndarray | None = None,
-) -> tuple[BatchDescriptor, np.ndarray, Layout]:
-    """The descriptor, the byte buffer its arrays view and that buffer's layout.
-
-    Every array starts as padding (``packed.Layout.new``); the real rows are written over
-    it, each field in one vectorised assignment -- gathered from ``store`` (the requests'
-    slots and arenas) when given, else from the sequences themselves. ``slots``: the
-    rows' store slots, if the caller has them already.
-    """
-    n = len(seqs)
-    S, MB, bs = config.max_num_seqs, config.max_blocks_per_seq, config.block_size
+    """The descriptor of rows ``seqs`` (chunks ``starts_[i]``, ``counts_[i]`` tokens),
+    every field taken from the sequences themselves (no scheduler: a descriptor built
+    by hand, e.g. a continuation's or a test's)."""
     starts = np.array(starts_, dtype=np.int64)
     counts = np.array(counts_, dtype=np.int64)
     ends = np.cumsum(counts)
     num_tokens = int(ends[-1])
+    raw, a, lay = _buffer(config, num_tokens)
+    a["query_start_loc"][1 : len(seqs) + 1] = ends
+    plens = _rows_from_seqs(a, seqs, starts_, counts_, starts, counts, ends, num_tokens, config)
+    ids = tuple([s.request_id for s in seqs])
+    return _finish(config, a, starts, counts, ends, plens, copies, ids, num_tokens)
+
+
+def assemble_rows(
+    config: SchedulerConfig,
+    store: RequestStore,
+    slots: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    copies: Seq[tuple[int, int, int]] = (),
+) -> tuple[BatchDescriptor, np.ndarray, Layout]:
+    """A scheduled step's descriptor, the byte buffer its arrays view and that buffer's
+    layout: row i is the request at store slot ``slots[i]``, its chunk ``starts[i]``,
+    ``counts[i]`` tokens (int64 arrays).
+
+    Every array starts as padding (``packed.Layout.new``); the real rows are written over
+    it, each field in one vectorised assignment gathered from the store's slots and
+    arenas (a few rows: a few slice copies per row).
+    """
+    n = slots.shape[0]
+    MB, bs = config.max_blocks_per_seq, config.block_size
+    ends = np.cumsum(counts)
+    num_tokens = int(ends[-1])
+    raw, a, lay = _buffer(config, num_tokens)
+    a["query_start_loc"][1 : n + 1] = ends  # [0] is 0, the padding num_tokens
+    for rule in SAMPLING_RULES:
+        a[rule.field][:n] = store.sampling[rule.field][slots]
+    if n <= FEW_ROWS:
+        _few_rows(a, store, slots, starts.tolist(), counts.tolist(), bs)
+    else:
+        bt = a["block_tables"]
+        table = store.table
+        if n * MB <= DENSE_TABLE_CELLS:  # whole rows: one gather (past its blocks a row is 0)
+            np.take(table, slots, axis=0, out=bt[:n])
+        else:  # only the cells each row uses
+            nb = store.num_blocks[slots]
+            cells = spans(np.arange(0, n * MB, MB, dtype=np.int64), nb)
+            bt.ravel()[cells] = table.ravel()[spans(slots * table.shape[1], nb)]
+        positions = a["positions"][:num_tokens]
+        row_of_token = np.repeat(np.arange(n, dtype=np.int64), counts)
+        first = (ends - counts - starts)[row_of_token]  # each token's row, as offset
+        np.subtract(_arange(num_tokens)[:num_tokens], first, out=positions)
+        a["input_ids"][:num_tokens] = store.tokens[positions + store.tok_off[slots][row_of_token]]
+        a["slot_mapping"][:num_tokens] = token_slots(bt, row_of_token, positions, bs)
+    plens = store.prompt_len[slots]
+    ids = tuple(store.ids[slots].tolist())
+    d = _finish(config, a, starts, counts, ends, plens, copies, ids, num_tokens)
+    return d, raw, lay
+
+
+def _buffer(
+    config: SchedulerConfig, num_tokens: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], Layout]:
     T = config.bucket_for(num_tokens)
+    S, MB, bs = config.max_num_seqs, config.max_blocks_per_seq, config.block_size
     lay = layout(T, S, MB, config.max_copy_slots, bs)
     raw, a = lay.new(num_tokens)
+    return raw, a, lay
 
-    a["query_start_loc"][1 : n + 1] = ends  # [0] is 0, the padding num_tokens
-    bt = a["block_tables"]
-    if store is None:
-        plens = _rows_from_seqs(a, seqs, starts_, counts_, starts, counts, ends, num_tokens, bs)
-    else:
-        if slots is None:
-            slots = np.array([s.slot for s in seqs], dtype=np.int64)
-        plens = store.prompt_len[slots]
-        if n <= FEW_ROWS:
-            for rule_i, rule in enumerate(SAMPLING_RULES):  # a few scalars, no gathers
-                a[rule.field][:n] = [s.sampling_values[rule_i] for s in seqs]
-            _few_rows(a, store, slots, starts_, counts_, bs)
-        else:
-            for rule in SAMPLING_RULES:
-                a[rule.field][:n] = store.sampling[rule.field][slots]
-            nb = store.num_blocks[slots]
-            cells = spans(np.arange(n, dtype=np.int64) * MB, nb)
-            bt.ravel()[cells] = store.blocks[spans(store.blk_off[slots], nb)]
-            positions = a["positions"][:num_tokens]
-            seq_of_token = np.repeat(np.arange(n, dtype=np.int64), counts)
-            first = (ends - counts - starts)[seq_of_token]  # each token's row, as offset
-            positions[:] = np.arange(num_tokens) - first
-            a["input_ids"][:num_tokens] = store.tokens[
-                positions + store.tok_off[slots][seq_of_token]
-            ]
-            a["slot_mapping"][:num_tokens] = token_slots(bt, seq_of_token, positions, bs)
 
+def _finish(
+    config: SchedulerConfig,
+    a: dict[str, np.ndarray],
+    starts: np.ndarray,
+    counts: np.ndarray,
+    ends: np.ndarray,
+    plens: np.ndarray,
+    copies: Seq[tuple[int, int, int]],
+    request_ids: tuple[str, ...],
+    num_tokens: int,
+) -> BatchDescriptor:
+    """The per-row fields every descriptor derives alike, its copies, the descriptor."""
+    n, bs = starts.shape[0], config.block_size
     seq_lens = starts + counts
     a["seq_lens"][:n] = seq_lens
     a["context_lens"][:n] = starts
     a["logits_indices"][:n] = ends - 1
-    a["sample_mask"][:n] = seq_lens == plens
-
+    np.equal(seq_lens, plens, out=a["sample_mask"][:n])
     if copies:
+        bt = a["block_tables"]
         offset = np.arange(bs, dtype=np.int64)
         src_slots, dst_slots, k = a["copy_src_slots"], a["copy_dst_slots"], 0
         for row, src, m in copies:
-            dst = int(bt[row, starts_[row] // bs])
+            dst = int(bt[row, int(starts[row]) // bs])
             a["copy_lens"][row] = m
             src_slots[k : k + m] = src * bs + offset[:m]
             dst_slots[k : k + m] = dst * bs + offset[:m]
             k += m
-
-    d = BatchDescriptor(
+    return BatchDescriptor(
         **a,
         num_tokens=num_tokens,
         num_seqs=n,
-        request_ids=tuple([s.request_id for s in seqs]),
+        request_ids=request_ids,
         block_size=bs,
         num_kv_blocks=config.num_kv_blocks,
         vocab_size=config.vocab_size,
         max_model_len=config.max_model_len,
         prompt_lens=tuple(plens.tolist()),
     )
-    return d, raw, lay
 
 
 FEW_ROWS = 8  # up to this many rows, row slices beat whole-batch gathers
+DENSE_TABLE_CELLS = 1 << 16  # block tables up to this many cells are gathered as rows
 
 
 def _arange(n: int) -> np.ndarray:
@@ -153,17 +178,17 @@ def _few_rows(
     """Block tables, positions, input ids and slots of a few rows, row by row: each a
     few slice copies (long chunks of few requests: no per-token index arrays)."""
     bt, ids, pos, slot_map = a["block_tables"], a["input_ids"], a["positions"], a["slot_mapping"]
-    tok, blocks = store.tokens, store.blocks
+    tok, table = store.tokens, store.table
     offsets = store.tok_off[slots].tolist()
-    block_offsets = store.blk_off[slots].tolist()
+    rows = slots.tolist()
     num_blocks = store.num_blocks[slots].tolist()
     ar = _arange(max(s + c for s, c in zip(starts, counts, strict=True)))
     in_block = ar[:bs]
     q = 0
     for i, (s, c) in enumerate(zip(starts, counts, strict=True)):
-        b0, nb = block_offsets[i], num_blocks[i]
+        nb = num_blocks[i]
         row = bt[i]
-        row[:nb] = blocks[b0 : b0 + nb]
+        row[:nb] = table[rows[i], :nb]
         pos[q : q + c] = ar[s : s + c]
         o = offsets[i] + s
         ids[q : q + c] = tok[o : o + c]
@@ -183,11 +208,11 @@ def _rows_from_seqs(
     counts: np.ndarray,
     ends: np.ndarray,
     num_tokens: int,
-    bs: int,
+    config: SchedulerConfig,
 ) -> np.ndarray:
     """Every real row's fields from the sequences themselves (no store: a descriptor
     built by hand, e.g. in tests). Returns the rows' prompt lengths."""
-    n, bt = len(seqs), a["block_tables"]
+    n, bt, bs = len(seqs), a["block_tables"], config.block_size
     MB = bt.shape[1]
     tables = [s.block_ids for s in seqs]
     nb = np.fromiter(map(len, tables), dtype=np.int64, count=n)

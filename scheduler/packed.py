@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import DUMMY_BLOCK
-from .fields import FIELDS
+from .fields import FIELDS, Axis
 
 if TYPE_CHECKING:
     from .descriptor import BatchDescriptor
@@ -43,9 +43,13 @@ ROW_FIELDS = (
     "copy_src_slots",
     "copy_dst_slots",
 )
+_TOKEN_FIELDS = tuple(f.name for f in FIELDS if f.axis is Axis.TOKENS)
 ORDER: tuple[str, ...] = (
     *ROW_FIELDS,
-    *(f.name for f in FIELDS if f.name not in ROW_FIELDS and f.name != "block_tables"),
+    *(f.name for f in FIELDS if f.name not in (*ROW_FIELDS, *_TOKEN_FIELDS, "block_tables")),
+    # then the per-token fields, whose first num_tokens entries every step writes: only
+    # their tails take padding from the template
+    *_TOKEN_FIELDS,
     "block_tables",  # last: its unused rows are the buffer's zero tail
 )
 _SPEC = {f.name: f for f in FIELDS}
@@ -107,6 +111,9 @@ class Layout:
     tables: int  # offset of block_tables
     row_bytes: int  # one block-table row
     template: np.ndarray  # the bytes before block_tables, every field holding padding
+    tokens_at: int  # offset of the first per-token field: the template is copied up to it
+    token_fields: tuple[tuple[int, int], ...]  # (offset, itemsize) of each per-token field
+    capacity: int  # token rows (the bucket)
     # retired steps' buffers (raw, views, bytes used) and seal copies, reused once free
     pool: deque = field(default_factory=deque, compare=False, repr=False)
     spare: list = field(default_factory=list, compare=False, repr=False)
@@ -130,7 +137,14 @@ class Layout:
             rest = _u64(raw[used:])
             if rest.shape[0] and rest.max() != 0:
                 rest[:] = 0
-        raw[: self.tables] = self.template
+        # padding: the per-row fields whole, the per-token ones past num_tokens (the rows
+        # before are written by every step)
+        cut, template = self.tokens_at, self.template
+        raw[:cut] = template[:cut]
+        if num_tokens < self.capacity:
+            for off, size in self.token_fields:
+                a, b = off + num_tokens * size, off + self.capacity * size
+                raw[a:b] = template[a:b]
         by_name = dict(zip(ORDER, views, strict=True))
         qsl = by_name["query_start_loc"]
         qsl.fill(num_tokens)  # its padding is num_tokens
@@ -192,7 +206,12 @@ def layout(tokens: int, seqs: int, max_blocks: int, copies: int, block_size: int
         _SPEC[name].fill_padding(np.ndarray(shape, dtype, raw, off), block_size, 0)
     template = raw[:tables].copy()
     template.flags.writeable = False  # shared by every step of the bucket
-    return Layout(shapes, dtypes, tuple(offsets), total, rows_end, tables, 4 * max_blocks, template)
+    at = {n: (o, d.itemsize) for n, o, d in zip(ORDER, offsets, dtypes, strict=True)}
+    token_fields = tuple(at[n] for n in _TOKEN_FIELDS)
+    return Layout(
+        shapes, dtypes, tuple(offsets), total, rows_end, tables, 4 * max_blocks, template,
+        min(o for o, _ in token_fields), token_fields, tokens,
+    )  # fmt: skip
 
 
 class Seal:

@@ -52,6 +52,20 @@ class Pending:
         self._mark[tags & _MARK_MASK] = True
         self.n = n + k
 
+    def add_step(self, tags: np.ndarray, step: int) -> None:
+        """The blocks of ``tags`` (every chunk of one step, row by row) are computed by
+        ``step``: a dict entry each when few, else one array copy."""
+        if tags.shape[0] > LONG:
+            self.add(tags, step)
+        else:
+            self._few.update(dict.fromkeys(tags.tolist(), step))
+
+    def may_hold(self, tags: np.ndarray) -> bool:
+        """Whether some of ``tags`` may be listed (False: none is; True may be wrong)."""
+        if self._few and not self._few.keys().isdisjoint(tags.tolist()):
+            return True
+        return self.n > 0 and bool(self._mark[tags & _MARK_MASK].any())
+
     def get(self, tag: int) -> int | None:
         """The newest step computing the block of ``tag``, or None."""
         s = self._few.get(tag)

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import builder
 from .block_manager import BlockAccountingError, BlockManager
-from .builder import FEW_ROWS, assemble_packed
+from .builder import assemble_rows
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
+from .fcfs import Queue
 from .first_tokens import check_first_tokens
 from .key_tags import NO_TAGS, key_tags
 from .packed import Seal
@@ -34,9 +36,17 @@ from .pending import LONG, Pending
 from .prefix_cache import NOT_CACHED, ROOT, PrefixCache, chain_keys
 from .rematch import Rematch
 from .request import MAX_SEED, Request, SamplingParams, check_prompt
-from .sequence import SeqState, Sequence
+from .sequence import PREFILLING, TRANSFERRING, SeqState, Sequence
 from .steps import Origin, StepRecord
 from .store import RequestStore, spans
+
+_EMPTY = np.zeros(0, np.int64)
+_EMPTY.flags.writeable = False
+_NO_ROWS = (_EMPTY, _EMPTY, _EMPTY, [], False)
+
+
+def _holds_none(cache, tags, serials, blocks) -> bool:  # TEMP until PrefixCache has it
+    return not any(cache.holds(t) for t in tags.tolist())
 
 
 class SchedulerFull(RuntimeError):
@@ -74,8 +84,6 @@ class PrefillScheduler:
         )
         self.blocks = BlockManager(config.num_kv_blocks, config.block_size, cache)
         self._seqs: dict[str, Sequence] = {}  # insertion order == arrival order (FCFS)
-        # the ones with prompt tokens left: schedule() never rescans transferring ones
-        self._prefilling: dict[str, Sequence] = {}
         self._prompt_tokens = 0
         self._cached_tokens = 0
         self._arrivals = 0
@@ -90,7 +98,12 @@ class PrefillScheduler:
         # full blocks that rows of issued steps are computing (their key tags) -> the step
         self._pending_cap = 4 * (config.max_num_batched_tokens // config.block_size) + 64
         self._pending = Pending(self._pending_cap)
-        self._store = RequestStore(config.max_num_requests, config.max_model_len)
+        self._store = RequestStore(
+            config.max_num_requests, config.max_model_len, config.max_blocks_per_seq
+        )
+        # the slots of requests with prompt tokens left, FCFS: schedule() never rescans
+        # transferring ones
+        self._queue = Queue(config.max_num_requests)
 
     # ---- admission -------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -128,8 +141,10 @@ class PrefillScheduler:
         if seed is None:
             seed = int(self._rng.integers(0, MAX_SEED))
         table = np.asarray(blocks, np.int32)
-        seq = Sequence(rid, prompt, req.sampling, seed, table, self._arrivals)
-        self._store.add(seq, tags)  # its slot holds its chain (nothing below raises)
+        seq = Sequence(rid, prompt, req.sampling, seed, table)
+        self._store.add(
+            seq, tags, self._arrivals
+        )  # its slot holds its state (nothing below raises)
         if cache is not None:
             seq.matched_at = cache.generation
             if cached:
@@ -137,7 +152,8 @@ class PrefillScheduler:
         seq.num_scheduled = seq.num_cached = seq.num_computed = len(cached) * bs
         if tags.shape[0]:
             seq.tag_list = tags.tolist()
-        self._seqs[rid] = self._prefilling[rid] = seq
+        self._seqs[rid] = seq
+        self._queue.append(seq.slot)
         self._arrivals += 1
         self._prompt_tokens += seq.prompt_len
         self._cached_tokens += seq.num_cached
@@ -179,55 +195,153 @@ class PrefillScheduler:
             pending.clear()  # every step that was computing them is retired
         elif len(pending) > self._pending_cap:  # steps kept in flight: drop retired ones
             pending.keep(outstanding)
-        seqs, starts, counts, copies, waited = self._pick(wait)
-        if not seqs and waited:  # nothing else to run: waiting would leave it empty
-            seqs, starts, counts, copies, _ = self._pick(False)
-        if not seqs:
+        slots, starts, counts, copies, waited = self._pick(wait)
+        if not slots.shape[0] and waited:  # nothing else to run: waiting would leave it empty
+            slots, starts, counts, copies, _ = self._pick(False)
+        if not slots.shape[0]:
             return None
-        slots = np.array([q.slot for q in seqs], np.int64)
-        d, raw, lay = assemble_packed(self.config, seqs, starts, counts, copies, self._store, slots)
+        store, links = self._store, self._store.links
+        d, raw, lay = assemble_rows(self.config, store, slots, starts, counts, copies)
         step = self._steps
         d.scheduler_id, d.step, d.origin = self.id, step, self._origin
-        d.arrivals = tuple([q.arrival for q in seqs])
-        for seq, start, n in zip(seqs, starts, counts, strict=True):
-            seq.num_scheduled = start + n
+        incarnations = links.arrival[slots]
+        d.arrivals = tuple(incarnations.tolist())
+        links.scheduled[slots] = starts + counts
         self._steps += 1
         seal = Seal(d, raw, lay)
-        self._outstanding[step] = StepRecord.of(d, tuple(seqs), slots, self._epoch, seal)
+        self._outstanding[step] = StepRecord.of(d, slots, incarnations, self._epoch, seal)
         return d
 
-    def _pick(self, wait: bool) -> tuple[list, list, list, list, bool]:
-        """The step's rows in FCFS order (sequences, chunk starts, chunk tokens), its
-        sub-block copies (row, source block, slots), and whether a request waited for a
-        prefix."""
+    def _pick(
+        self, wait: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]], bool]:
+        """The step's rows in FCFS order (store slots, chunk starts, chunk tokens: int64
+        arrays), its sub-block copies (row, source block, slots), and whether a request
+        waited for a prefix.
+
+        Whole arrays over the queue when no row it reaches needs anything of its own (a
+        first chunk that could hit blocks registered since it was matched, copy a
+        sub-block, or wait for a block in flight; found by whole-array tests, erring
+        towards "needs"), else row by row (``_pick_rows``): the same rows either way."""
+        q = self._queue.slots()
+        if not q.shape[0]:
+            return _NO_ROWS
+        cfg, store = self.config, self._store
+        links = store.links
+        budget, max_rows = cfg.max_num_batched_tokens, cfg.max_num_seqs
+        cap = cfg.long_prefill_token_threshold or budget
+        if q.shape[0] <= builder.FEW_ROWS or max_rows <= builder.FEW_ROWS:
+            return self._pick_rows(q, wait)
+        plen, scheduled, got = store.prompt_len, links.scheduled, 0
+        for slot in q[: builder.FEW_ROWS].tolist():  # long prompts: a few rows fill the step
+            got += min(max(int(plen[slot] - scheduled[slot]), 0), cap)
+        if got >= budget:
+            return self._pick_rows(q, wait)
+        start = links.scheduled[q]
+        left = self._store.prompt_len[q] - start
+        active = left > 0  # else fully scheduled, its last chunk still in flight
+        if not active.all():
+            q, start, left = q[active], start[active], left[active]
+            if not q.shape[0]:
+                return _NO_ROWS
+        want = np.minimum(left, cap) if cap < budget else left
+        before = np.cumsum(want) - want  # tokens of the rows ahead of each
+        k = min(int(np.searchsorted(before, budget)), max_rows)  # rows with budget left
+        slots, starts, counts = q[:k], start[:k], want[:k].copy()
+        counts[-1] = min(int(counts[-1]), budget - int(before[k - 1]))
+        if self.blocks.cache is not None and not self._plain(slots, starts, counts, wait):
+            return self._pick_rows(q, wait)
+        return slots, starts, counts, [], False
+
+    def _plain(self, slots: np.ndarray, starts: np.ndarray, counts: np.ndarray, wait: bool) -> bool:
+        """With the prefix cache on: no row of this tentative step needs handling of its
+        own, and the blocks its chunks complete are recorded as in flight (``wait``).
+        A row needs it when its first chunk (it starts at its shared blocks) could hit
+        blocks registered since it was matched (then rematched here if none can), could
+        copy a sub-block, or could wait for its next block -- in flight in an issued
+        step, or computed by another row of this one."""
+        cfg, store, cache = self.config, self._store, self.blocks.cache
+        links, bs = store.links, cfg.block_size
+        first = starts == links.shared[slots] * bs
+        if not first.any():
+            fresh = None
+        else:
+            fresh = slots[first]
+            plen = store.prompt_len[fresh]
+            k = links.shared[fresh]
+            if cfg.max_copy_slots and (plen - starts[first] > 1).any():
+                if cache.has_roots or k.any():
+                    return False  # a sub-block copy may apply: _pick_rows plans it
+            stale = links.matched[fresh] != cache.generation
+            if stale.any():
+                rows = fresh[stale]
+                ks = k[stale]
+                can = ks < (store.prompt_len[rows] - 1) // bs  # rematch needs a block left
+                if can.any():
+                    r, kk = rows[can], ks[can]
+                    tags = store.tags[store.tag_off[r] + kk]
+                    if not _holds_none(cache, tags, links.serial[r], links.block[r]):
+                        return False  # a hit is possible: rematched row by row
+                links.matched[rows] = cache.generation  # matched again: nothing to hit
+        if not wait:
+            return True
+        done = store.tags[
+            spans(store.tag_off[slots] + starts // bs, (starts + counts) // bs - starts // bs)
+        ]  # the full blocks this step completes, in row order
+        if fresh is not None:
+            k = links.shared[fresh]
+            has_next = k < store.prompt_len[fresh] // bs
+            if has_next.any():
+                nxt = store.tags[store.tag_off[fresh[has_next]] + k[has_next]]
+                if self._pending and self._pending.may_hold(nxt):
+                    return False  # an issued step may be computing one of them
+                if done.shape[0] > 1:
+                    srt = np.sort(done)
+                    if (srt[1:] == srt[:-1]).any():
+                        return False  # two rows complete an equal block: one may wait
+                # with no block completed twice, a row's next block is another row's
+                # only if the row does not complete it itself: its chunk is too short
+                own = (starts[first] + counts[first]) // bs > k
+                if not own[has_next].all() and np.isin(nxt, done).any():
+                    return False
+        if done.shape[0]:
+            self._pending.add_step(done, self._steps)
+        return True
+
+    def _pick_rows(self, q: np.ndarray, wait: bool):
+        """``_pick`` row by row, for the queue ``q`` (active slots, FCFS)."""
         cfg = self.config
         budget = cfg.max_num_batched_tokens
         cap = cfg.long_prefill_token_threshold or budget
         bs, max_rows = cfg.block_size, cfg.max_num_seqs
-        cache = self.blocks.cache
+        cache, store = self.blocks.cache, self._store
         step, outstanding, pending = self._steps, self._outstanding, self._pending
         few = pending.few
         copy_room = cfg.max_copy_slots
         generation = cache.generation if cache is not None else 0
         roots = cache is not None and cache.has_roots
-        seqs: list[Sequence] = []
+        links = store.links
+        scheduled, shared, matched = links.scheduled, links.shared, links.matched
+        slots: list[int] = []
         starts: list[int] = []
         counts: list[int] = []
         copies: list[tuple[int, int, int]] = []
         waited = False
         rematch = Rematch(self) if cache is not None else None
-        for seq in self._prefilling.values():  # transferring requests cost nothing
-            start = seq.num_scheduled
-            left = seq.prompt_len - start  # (seq.remaining, once: hot loop)
+        for slot in map(int, q):  # (lazily: it stops once the budget is spent)
+            seq = store.seq(slot)
+            start = int(scheduled[slot])
+            left = seq.prompt_len - start
             if left <= 0:
-                continue  # fully scheduled, its last chunk still in flight
-            if rematch is not None and start == seq.num_shared * bs:
+                continue
+            k = int(shared[slot])
+            if rematch is not None and start == k * bs:
                 # first scheduled (or again, after a step that did not run): match again
-                if seq.matched_at != generation:
+                if matched[slot] != generation:
                     rematch(seq)
-                    start = seq.num_scheduled
+                    start = int(scheduled[slot])
                     left = seq.prompt_len - start
-                k = seq.num_shared
+                    k = int(shared[slot])
                 if wait and (few or pending.n) and k < len(seq.tag_list):
                     tag = seq.tag_list[k]  # no call when only short chunks are pending
                     s = pending.get(tag) if pending.n else few.get(tag)
@@ -241,14 +355,14 @@ class PrefillScheduler:
                         seq.copy_src, seq.copy_len = src, m
                         seq.num_cached += m
                         self._cached_tokens += m
-                        copies.append((len(seqs), src, m))
+                        copies.append((len(slots), src, m))
                         copy_room -= m
                         start += m
                         left -= m
             n = left if left < budget else budget
             if n > cap:
                 n = cap
-            seqs.append(seq)
+            slots.append(slot)
             starts.append(start)
             counts.append(n)
             if wait:  # the full blocks this chunk completes
@@ -259,11 +373,12 @@ class PrefillScheduler:
                     for tag in seq.tag_list[a:b]:
                         few[tag] = step
             budget -= n
-            if budget == 0 or len(seqs) == max_rows:
+            if budget == 0 or len(slots) == max_rows:
                 break
         if rematch is not None:
             rematch.settle()
-        return seqs, starts, counts, copies, waited
+        i64 = np.int64
+        return np.array(slots, i64), np.array(starts, i64), np.array(counts, i64), copies, waited
 
     def _sub_block(self, seq: Sequence, most: int) -> tuple[int, int]:
         """The cached block sharing the longest start (<= ``most`` tokens) with
@@ -298,10 +413,9 @@ class PrefillScheduler:
         if err is not None:
             raise err
         if rows_alive and rec.epoch != self._epoch:
-            live = rec.live_rows(self._seqs, self._epoch)
-            if len(live) != len(rec.request_ids):
-                alive = {i for i, _ in live}
-                gone = [rid for i, rid in enumerate(rec.request_ids) if i not in alive]
+            live = rec.live(self._store.links, self._epoch)
+            if live is not None and not live.all():
+                gone = [rec.request_ids[i] for i in np.flatnonzero(~live).tolist()]
                 raise StaleDescriptor(
                     f"step {d.step}: requests {gone} were aborted, re-added or rescheduled "
                     "after it was scheduled; their blocks may belong to another request now"
@@ -324,15 +438,19 @@ class PrefillScheduler:
         if rec is None or rec.executed or rec.mismatch(d) is not None:
             return
         rec.executed = True
-        bases, ends = rec.bases.tolist(), rec.ends.tolist()  # plain ints: a hot loop
-        if rec.epoch == self._epoch:  # every row live (the common case): no index lookups
-            for seq, base, end in zip(rec.seqs, bases, ends, strict=True):
-                if seq.num_computed == base:
-                    seq.num_computed = end
+        links = self._store.links
+        slots, bases, ends = rec.slots, rec.bases, rec.ends
+        live = rec.live(links, self._epoch)
+        if live is not None:  # a row's request left or was rewound: not its chunk any more
+            slots, bases, ends = slots[live], bases[live], ends[live]
+        computed = links.computed
+        if slots.shape[0] <= builder.FEW_ROWS:  # scalar reads beat a few numpy calls
+            for slot, base, end in zip(slots.tolist(), bases.tolist(), ends.tolist(), strict=True):
+                if computed[slot] == base:
+                    computed[slot] = end
             return
-        for i, seq in rec.live_rows(self._seqs, self._epoch):
-            if seq.num_computed == bases[i]:
-                seq.num_computed = ends[i]
+        go = computed[slots] == bases
+        computed[slots[go]] = ends[go]
 
     def update(self, descriptor: BatchDescriptor, sampled_token_ids) -> list[str]:
         """Retire ``descriptor``: record first tokens of requests whose prompt it
@@ -353,86 +471,139 @@ class PrefillScheduler:
         d = descriptor
         rec = self._record(d, rows_alive=False)  # aborted rows are skipped below
         tokens = check_first_tokens(sampled_token_ids, d.request_ids, self.config.vocab_size)
-        rows = rec.live_rows(self._seqs, self._epoch)
+        store = self._store
+        links = store.links
+        live = rec.live(links, self._epoch)
         if not rec.executed:
-            rec.refuse_unrun(d.step, rows, tokens)
-        moved = []
-        cache, bs = self.blocks.cache, self.config.block_size
-        ends, finishes, toks = rec.ends.tolist(), rec.finishes.tolist(), tokens.tolist()
-        copied = rec.copy_lens.tolist() if rec.copy_src.shape[0] else None
-        skipped: list[int] = []  # rows whose chunk is not cached (rewound, no token)
-        tails: list[Sequence] = []  # finished: their last, partly filled block
-        prefilling = self._prefilling
-        PREFILLING, TRANSFERRING = SeqState.PREFILLING, SeqState.TRANSFERRING  # hot loop
-        for i, seq in rows:
-            if copied is not None and copied[i] and seq.copy_src >= 0:
-                self._unpin_copy(seq)  # it ran (or never will: see below)
-            end = ends[i]
-            if seq.num_computed < end:  # this chunk's KV was never computed
-                self._rewind(seq)
-                skipped.append(i)
-                continue
-            if finishes[i]:
-                tok = toks[i]
-                if tok < 0:
-                    skipped.append(i)
-                    continue  # flagged by the executor: no token, its KV may be garbage
-                if seq.state is PREFILLING:
-                    seq.first_token, seq.state = tok, TRANSFERRING
-                    rid = seq.request_id
-                    del prefilling[rid]
-                    moved.append(rid)
-                    if cache is not None and end % bs:
-                        tails.append(seq)
-        if cache is not None and rows:
-            self._link_rows(rec, rows, skipped)
-        for seq in tails:
-            full = seq.prompt_len // bs
-            if seq.num_linked == full and seq.link_serial != NOT_CACHED:
-                cache.register_partial(
-                    int(seq.block_ids[full]),
-                    seq.link_serial,
-                    seq.link_block,
-                    seq.prompt[full * bs :],
-                )
+            rec.refuse_unrun(d.step, live, tokens)
+        # nothing below raises
+        if rec.slots.shape[0] <= builder.FEW_ROWS:
+            moved = self._retire_few(rec, live, tokens)
+        else:
+            moved = self._retire(rec, live, tokens)
         del self._outstanding[d.step]
         if rec.seal is not None:
             rec.seal.release()
         return moved
 
-    def _link_rows(
-        self, rec: StepRecord, rows: list[tuple[int, Sequence]], skipped: list[int]
-    ) -> None:
-        """Extend the chains of the step's live rows whose chunk ran and was kept."""
-        if len(rows) <= FEW_ROWS:  # a few rows: scalar reads beat a dozen numpy calls
-            self._link_few(rec, rows, skipped)
-            return
-        ends = rec.ends.astype(np.int64)
-        if len(rows) == ends.shape[0] and not skipped:  # every row (the common case)
-            self._link(rec.slots, ends // self.config.block_size)
-            return
-        keep = np.zeros(ends.shape[0], bool)
-        keep[[i for i, _ in rows]] = True
-        keep[skipped] = False
-        self._link(rec.slots[keep], ends[keep] // self.config.block_size)
-
-    def _link_few(
-        self, rec: StepRecord, rows: list[tuple[int, Sequence]], skipped: list[int]
-    ) -> None:
-        """``_link`` row by row."""
-        bs, ends = self.config.block_size, rec.ends.tolist()
-        slots, fulls = [], []
-        for i, q in rows:
-            full = ends[i] // bs
-            if i in skipped or full <= q.num_linked:
+    def _retire_few(self, rec: StepRecord, live: np.ndarray | None, tokens: np.ndarray) -> list:
+        """``_retire`` row by row: a few rows' scalars beat two dozen numpy calls."""
+        cache, bs, store = self.blocks.cache, self.config.block_size, self._store
+        links = store.links
+        computed, state, copy_src = links.computed, links.state, links.copy_src
+        copied = rec.copy_lens.tolist() if rec.copy_src.shape[0] else None
+        alive = live.tolist() if live is not None else None
+        moved, kept, fulls, tails = [], [], [], []
+        for i, (slot, end, fin, tok) in enumerate(
+            zip(
+                rec.slots.tolist(),
+                rec.ends.tolist(),
+                rec.finishes.tolist(),
+                tokens.tolist(),
+                strict=True,
+            )
+        ):
+            if alive is not None and not alive[i]:
                 continue
-            if q.link_serial == NOT_CACHED:  # nothing after a broken link is cached
-                q.num_linked = full
+            if copied is not None and copied[i] and copy_src[slot] >= 0:
+                self._unpin_copy(store.seq(slot))  # it ran (or never will: see _rewind)
+            if computed[slot] < end:  # this chunk's KV was never computed
+                self._rewind(store.seq(slot))
+                continue
+            if fin:
+                if tok < 0:
+                    continue  # flagged by the executor: no token, its KV may be garbage
+                if state[slot] == PREFILLING:
+                    links.first[slot], state[slot] = tok, TRANSFERRING
+                    moved.append(slot)
+                    if end % bs:
+                        tails.append(slot)
+            kept.append(slot)
+            fulls.append(end // bs)
+        if moved:
+            self._queue.discard(moved)
+        if cache is not None and kept:
+            self._link_few(kept, fulls)
+            for slot in tails:
+                self._cache_tail(store.seq(slot))
+        ids = store.ids
+        return [ids[slot] for slot in moved]
+
+    def _retire(self, rec: StepRecord, live: np.ndarray | None, tokens: np.ndarray) -> list:
+        """Record the step's first tokens, move its finished rows to transferring,
+        rewind the rows whose chunk never computed and cache the blocks the rest wrote:
+        the step's rows as whole arrays. Returns the moved requests' ids."""
+        cache, bs, store = self.blocks.cache, self.config.block_size, self._store
+        links = store.links
+        slots, ends, finishes = rec.slots, rec.ends, rec.finishes
+        if rec.copy_src.shape[0]:  # its copies ran (or never will: see _rewind)
+            copied = rec.copy_lens > 0 if live is None else (rec.copy_lens > 0) & live
+            for slot in slots[copied].tolist():
+                if links.copy_src[slot] >= 0:
+                    self._unpin_copy(store.seq(slot))
+        kept = links.computed[slots] >= ends  # else this chunk's KV was never computed
+        if live is not None:
+            kept &= live
+            lost = live & ~kept
+        else:
+            lost = ~kept
+        if lost.any():
+            for slot in slots[lost].tolist():
+                self._rewind(store.seq(slot))
+        no_token = finishes & (tokens < 0)  # flagged by the executor: its KV may be garbage
+        if no_token.any():
+            kept &= ~no_token
+        done = kept & finishes
+        if done.any():
+            done &= links.state[slots] == PREFILLING
+            moved_slots = slots[done]
+            links.first[moved_slots] = tokens[done]
+            links.state[moved_slots] = TRANSFERRING
+            self._queue.discard(moved_slots)
+            moved = store.ids[moved_slots].tolist()
+        else:
+            moved = []
+        if cache is not None and kept.any():
+            self._link_rows(slots[kept], ends[kept] // bs)
+            tails = done & (ends % bs != 0)  # finished: their last, partly filled block
+            if tails.any():
+                for slot in slots[tails].tolist():
+                    self._cache_tail(store.seq(slot))
+        return moved
+
+    def _cache_tail(self, seq: Sequence) -> None:
+        """A finished prompt's last, partly filled block: a copy source once its chain
+        through the full blocks before it is cached."""
+        full = seq.prompt_len // self.config.block_size
+        serial = seq.link_serial
+        if seq.num_linked == full and serial != NOT_CACHED:
+            bs = self.config.block_size
+            self.blocks.cache.register_partial(
+                int(seq.block_ids[full]), serial, seq.link_block, seq.prompt[full * bs :]
+            )
+
+    def _link_rows(self, slots: np.ndarray, fulls: np.ndarray) -> None:
+        """Extend the chains of the requests at ``slots`` (rows whose chunk ran and was
+        kept) to their first ``fulls`` full blocks, now written."""
+        if slots.shape[0] <= builder.FEW_ROWS:
+            self._link_few(slots.tolist(), fulls.tolist())
+        else:
+            self._link(slots, fulls.astype(np.int64))
+
+    def _link_few(self, slots: list[int], fulls: list[int]) -> None:
+        """``_link`` row by row (a few rows: scalar reads beat a dozen numpy calls)."""
+        links = self._store.links
+        grow_slots, grow_fulls = [], []
+        for slot, full in zip(slots, fulls, strict=True):
+            if full <= links.linked[slot]:
+                continue
+            if links.serial[slot] == NOT_CACHED:  # nothing after a broken link is cached
+                links.linked[slot] = full
             else:
-                slots.append(q.slot)
-                fulls.append(full)
-        if slots:
-            self._register(np.array(slots, np.int64), np.array(fulls, np.int64))
+                grow_slots.append(slot)
+                grow_fulls.append(full)
+        if grow_slots:
+            self._register(np.array(grow_slots, np.int64), np.array(grow_fulls, np.int64))
 
     def _link(self, slots: np.ndarray, fulls: np.ndarray) -> None:
         """Extend the chains of the requests at ``slots`` to their first ``fulls`` full
@@ -459,17 +630,17 @@ class PrefillScheduler:
         links = store.links
         first, parents, pblocks = links.linked[slots], links.serial[slots], links.block[slots]
         lens = upto - first
-        if slots.shape[0] <= FEW_ROWS:  # long runs of few rows: slices of their arenas
+        if slots.shape[0] <= builder.FEW_ROWS:  # long runs of few rows: slices of their arenas
             seqs = [store.seq(s) for s in slots.tolist()]
             runs = list(zip(seqs, first.tolist(), upto.tolist(), strict=True))
             blocks = np.concatenate([q.block_ids[a:u] for q, a, u in runs]).astype(np.int64)
             tokens = np.concatenate([q.prompt[a * bs : u * bs] for q, a, u in runs])
             tags = np.concatenate([q.tags[a:u] for q, a, u in runs])
         else:  # many short runs: a few gathers over the store's arenas
-            at = spans(store.blk_off[slots] + first, lens)
-            blocks = store.blocks[at].astype(np.int64)
+            blocks = store.table.ravel()[spans(slots * store.table.shape[1] + first, lens)]
+            blocks = blocks.astype(np.int64)
             tokens = store.tokens[spans(store.tok_off[slots] + first * bs, lens * bs)]
-            tags = store.tags[at]
+            tags = store.tags[spans(store.tag_off[slots] + first, lens)]
         tokens = tokens.reshape(-1, bs)
         last = cache.register_runs(blocks, tokens, tags, lens, parents, pblocks)
         if last is not None:
@@ -521,10 +692,12 @@ class PrefillScheduler:
     def release(self, request_id: str) -> int:
         """KV cache sent: free the request's blocks. Returns its first token."""
         seq = self._get(request_id)
-        if seq.state is not SeqState.TRANSFERRING:
+        links = self._store.links
+        if links.state[seq.slot] != TRANSFERRING:
             raise ValueError(f"request {request_id!r} is still prefilling; abort() it instead")
+        token = int(links.first[seq.slot])  # (its slot's state is gone once dropped)
         self._drop(seq)
-        return int(seq.first_token)
+        return token
 
     def abort(self, request_id: str) -> None:
         """Drop a request in any state and free its blocks."""
@@ -538,11 +711,13 @@ class PrefillScheduler:
 
     def _drop(self, seq: Sequence) -> None:
         self.blocks.free(seq.block_ids.tolist())
-        self._store.remove(seq)
-        if seq.copy_src >= 0:
+        links, slot = self._store.links, seq.slot
+        if links.copy_src[slot] >= 0:
             self._unpin_copy(seq)
+        if links.state[slot] == PREFILLING:
+            self._queue.discard([slot])
+        self._store.remove(seq)  # (its slot may serve the next request)
         del self._seqs[seq.request_id]
-        self._prefilling.pop(seq.request_id, None)
         self._epoch += 1
 
     # ---- introspection ---------------------------------------------------
@@ -563,16 +738,18 @@ class PrefillScheduler:
         return self._get(request_id).num_cached
 
     def has_unscheduled(self) -> bool:
-        return any(s.remaining > 0 for s in self._prefilling.values())
+        q = self._queue.slots()
+        return bool((self._store.prompt_len[q] > self._store.links.scheduled[q]).any())
 
     def stats(self) -> SchedulerStats:
-        seqs = self._seqs.values()
-        cache = self.blocks.cache
+        cache, store = self.blocks.cache, self._store
+        live = store.links.arrival >= 0
+        unscheduled = store.prompt_len[live] - store.links.scheduled[live]
         return SchedulerStats(
-            num_prefilling=len(self._prefilling),
-            num_transferring=len(self._seqs) - len(self._prefilling),
+            num_prefilling=len(self._queue),
+            num_transferring=len(self._seqs) - len(self._queue),
             free_blocks=self.blocks.num_free,
-            unscheduled_tokens=sum(s.remaining for s in seqs),
+            unscheduled_tokens=int(unscheduled.sum()),
             cached_blocks=cache.num_cached if cache is not None else 0,
             prompt_tokens=self._prompt_tokens,
             cached_tokens=self._cached_tokens,

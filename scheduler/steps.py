@@ -19,11 +19,11 @@ import numpy as np
 
 from .errors import DescriptorError, StaleDescriptor
 from .packed import Seal
-from .sequence import Sequence
 
 if TYPE_CHECKING:
     from .descriptor import BatchDescriptor
     from .prefill import PrefillScheduler
+    from .store import Links
 
 
 @dataclass(eq=False)
@@ -38,8 +38,8 @@ class StepRecord:
     copy_lens: np.ndarray  # [n] int32: slots copied into the row's block first
     copy_src: np.ndarray  # [k] int64: the real copy entries
     copy_dst: np.ndarray  # [k] int64
-    seqs: tuple[Sequence, ...]  # the rows' sequences when it was issued
-    slots: np.ndarray  # [n] int64: their RequestStore slots (a live row's is still its)
+    slots: np.ndarray  # [n] int64: the rows' RequestStore slots
+    incarnations: np.ndarray  # [n] int64: their arrivals: a row is live while its slot's is
     epoch: int  # the scheduler's epoch then: unchanged, every row is still live
     executed: bool = False
 
@@ -49,8 +49,8 @@ class StepRecord:
     def of(
         cls,
         d: BatchDescriptor,
-        seqs: tuple[Sequence, ...],
         slots: np.ndarray,
+        incarnations: np.ndarray,
         epoch: int,
         seal: Seal,
     ) -> StepRecord:
@@ -68,8 +68,8 @@ class StepRecord:
             copy_lens,
             seal.issued("copy_src_slots", k),
             seal.issued("copy_dst_slots", k),
-            seqs,
             slots,
+            incarnations,
             epoch,
             seal=seal,
         )
@@ -110,30 +110,27 @@ class StepRecord:
                 )
         return None
 
-    def live_rows(self, seqs: dict[str, Sequence], epoch: int) -> list[tuple[int, Sequence]]:
-        """Rows whose request is still the incarnation the step was issued for (every row
-        while the scheduler's epoch did not move: nothing was dropped or rewound)."""
+    def live(self, links: Links, epoch: int) -> np.ndarray | None:
+        """Which rows' requests are still the incarnation the step was issued for (None:
+        all of them -- the scheduler's epoch did not move: nothing was dropped or
+        rewound). A slot's arrival changes with its incarnation (-1 once free)."""
         if epoch == self.epoch:
-            return list(enumerate(self.seqs))
-        get = seqs.get
-        return [
-            (i, seq)
-            for i, (seq, arrival) in enumerate(zip(self.seqs, self.arrivals, strict=True))
-            if get(seq.request_id) is seq and seq.arrival == arrival
-        ]
+            return None
+        return links.arrival[self.slots] == self.incarnations
 
-    def refuse_unrun(self, step: int, rows: list[tuple[int, Sequence]], tokens) -> None:
+    def refuse_unrun(self, step: int, live: np.ndarray | None, tokens: np.ndarray) -> None:
         """ValueError unless a step nobody ran may be retired: it can no longer run (a
         row's request is gone) and claims no first token. A step that still could run
         is refused, so a caller whose executor never marks steps fails here instead of
         rescheduling the same chunk forever."""
-        if len(rows) == len(self.request_ids):
+        if live is None or live.all():
             raise ValueError(
                 f"step {step} has not run (no executor marked it executed) and still can: "
                 "run it, or abort the requests it cannot serve, before retiring it"
             )
-        claimed = [s.request_id for i, s in rows if self.finishes[i] and tokens[i] >= 0]
-        if claimed:
+        claims = live & self.finishes & (tokens >= 0)
+        if claims.any():
+            claimed = [self.request_ids[i] for i in np.flatnonzero(claims).tolist()]
             raise ValueError(
                 f"step {step} never ran: requests {claimed} cannot have first tokens; "
                 "pass -1 for their rows"

@@ -119,7 +119,11 @@ class StaticBuffers:
                 dst = dst[:T]
             if src.shape != dst.shape:
                 raise DescriptorError(f.name, 0, f"shape {src.shape} != {dst.shape}")
-            dst[...] = src
+            if f.name == "block_tables":  # the step's rows: padding rows are never read
+                n = d.num_seqs
+                dst[:n] = src[:n]
+            else:
+                dst[...] = src
         h["offsets"][:] = d.seq_lens  # RNG offset: the position of the sampled token
         h["num_valid"][0] = d.num_seqs
         h["step"][0] = d.step  # the layer-readiness flags say which step wrote a layer

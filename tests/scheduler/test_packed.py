@@ -52,17 +52,40 @@ def _set(name: str, where, value):
     [
         _set("input_ids", 3, 5),  # a real row, still in range
         _set("temperature", 0, 0.5),  # a value field
-        _set("block_tables", (3, 0), 7),  # a padding row of the table
         _set("block_tables", (1, -1), 7),  # a real row's padding column
         _set("query_start_loc", -1, 3),  # padding of a seq field
         _set("copy_src_slots", 0, 5),  # a padding copy entry
     ],
-    ids=["input_ids", "temperature", "pad-row", "pad-col", "qsl-pad", "copy-pad"],
+    ids=["input_ids", "temperature", "pad-col", "qsl-pad", "copy-pad"],
 )
 def test_any_edit_in_place_voids_the_seal(config, edit):
     _, d = two_rows(config)
     edit(d)
     assert not d.issued_intact()
+
+
+def test_a_padding_row_of_the_block_tables_is_never_loaded(config):
+    """The seal covers every byte the executor reads: the block tables' unused rows are
+    not among them (the static buffers keep their own padding rows), so an edit there
+    neither voids the seal nor reaches the buffers; validate() still refuses it."""
+    from graphbatch.executor import GraphExecutor
+    from graphbatch.models import TinyConfig, TinyDecoder
+
+    _, d = two_rows(config)
+    d.block_tables[3, 0] = config.num_kv_blocks  # a padding row, out of range
+    assert d.issued_intact()
+    model = TinyConfig(vocab_size=config.vocab_size, hidden_size=16, num_layers=1,
+                       num_heads=1, num_kv_heads=1, intermediate_size=16)  # fmt: skip
+    ex = GraphExecutor(TinyDecoder(model), config, backend="torch", device="cpu")
+    ex.check(d)
+    ex.buffers.host["block_tables"][3] = 5  # what an earlier step could have left
+    ex.buffers.load(d)
+    host = ex.buffers.host["block_tables"]
+    assert (host[d.num_seqs :] == 0).all()
+    assert np.array_equal(host[: d.num_seqs], d.block_tables[: d.num_seqs])
+    with pytest.raises(DescriptorError) as e:
+        d.validate()
+    assert e.value.field == "block_tables" and e.value.row == (3, 0)
 
 
 def test_writing_the_same_bytes_back_keeps_it_intact(config):
@@ -90,11 +113,11 @@ def test_replaced_reshaped_or_retired_descriptors_are_not_intact(config):
 
 def test_an_edited_step_is_validated_in_full_and_refused(config):
     _, d = two_rows(config)
-    d.block_tables[3, 0] = config.num_kv_blocks  # a padding row out of range
+    d.block_tables[1, -1] = config.num_kv_blocks  # a real row's padding column, out of range
     assert not d.issued_intact()
     with pytest.raises(DescriptorError) as e:
         d.validate()
-    assert e.value.field == "block_tables" and e.value.row == (3, 0)
+    assert e.value.field == "block_tables" and e.value.row == (1, d.block_tables.shape[1] - 1)
 
 
 def test_the_record_keeps_what_was_issued_whatever_the_descriptor_holds(config):

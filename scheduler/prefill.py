@@ -45,10 +45,6 @@ _EMPTY.flags.writeable = False
 _NO_ROWS = (_EMPTY, _EMPTY, _EMPTY, [], False)
 
 
-def _holds_none(cache, tags, serials, blocks) -> bool:  # TEMP until PrefixCache has it
-    return not any(cache.holds(t) for t in tags.tolist())
-
-
 class SchedulerFull(RuntimeError):
     """Not enough KV blocks or sequence slots right now; nothing was changed."""
 
@@ -280,7 +276,7 @@ class PrefillScheduler:
                 if can.any():
                     r, kk = rows[can], ks[can]
                     tags = store.tags[store.tag_off[r] + kk]
-                    if not _holds_none(cache, tags, links.serial[r], links.block[r]):
+                    if not cache.holds_none(tags, links.serial[r], links.block[r]):
                         return False  # a hit is possible: rematched row by row
                 links.matched[rows] = cache.generation  # matched again: nothing to hit
         if not wait:

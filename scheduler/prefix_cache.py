@@ -16,8 +16,8 @@ block of each admitted prompt, and nobody can craft a collision: a crafted one w
 be a wrong hit (see below), but it could make a chain lose its key and so its hits.
 
 Inside the scheduler a key is carried as its tag (``key_tags.key_tags``: its 64-bit
-Python hash, taken once at admission; ``Sequence.tags``), and the key index maps a tag
-to the full block cached under it (a dict). A key or a tag only finds a candidate.
+Python hash, taken once at admission; ``Sequence.tags``). A key or a tag only finds a
+candidate.
 
 What makes a hit is the chain: every registration gets a
 serial that is never reused and records its parent's serial; block j of a prompt is a hit
@@ -29,6 +29,20 @@ chain (its parent registration is older than itself). A block whose parent is ev
 orphaned: its parent's serial never comes back, so it is never hit again, and a
 recomputed chain may take its key.
 
+What is indexed. Blocks are registered in runs: the blocks one request wrote in one step
+(``register_runs``; ``register`` makes a run of one). Only a run's first block, its head,
+is in the key index (a dict: tag -> head); indexing every block was the largest host cost
+of registration. The rest of a run is reached from the block before it. A log lists every
+full registration in serial order, one batch per registration call, so a run's blocks
+sit side by side with consecutive serials. From a hit, ``match`` compares the rest of its
+run with the prompt in one vectorised pass, then probes the index once for the next
+block: O(runs), not O(blocks). A serial's log entry is found by bisecting the batches'
+first serials, so ``match`` can start after a parent known only by its serial (inside a
+run). A block's children are the next block of its run (also its ``next``) and the heads
+registered under it; ``holds`` and ``register`` look at both. A later block of a run
+needs no key check: its parent is registered in the same call, so nothing cached before
+can be its sibling.
+
 Sub-block reuse: every cached block -- full ones, and the last, partly filled block of a
 finished prompt (``PARTIAL``: never shared, only copied from) -- is also a child of its
 parent registration. When a prompt's next block is not a hit, ``partial_match`` finds the
@@ -38,13 +52,16 @@ the scheduler copies those slots' KV into the request's own block inside the ste
 A block is registered only when the scheduler knows its KV was written: a step an
 executor ran, in order, and retired with ``update`` (see ``StepRecord``). A block whose
 last owner leaves stays cached and evictable; ``pop_lru`` evicts the least recently
-released one when an allocation needs it. The dummy block is never allocated, so never
-cached.
+released one when an allocation needs it (a head also leaves the index; the blocks after
+an evicted one in its run are orphans). A block id freed and registered again gets a new
+serial, so its old run's log entry no longer matches it. The dummy block is never
+allocated, so never cached.
 """
 
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -97,15 +114,28 @@ class PrefixCache:
         self.parent = np.zeros(num_blocks, np.int64)  # the registration it follows
         self.filled = np.zeros(num_blocks, np.int32)  # tokens it holds (block_size: full)
         self.tokens = np.zeros((num_blocks, block_size), np.int64)
-        self.next = np.full(num_blocks, -1, np.int32)  # the child registered right after it
+        # the same memory, a block's tokens as one item: a bulk write scatters whole rows
+        self._token_rows = self.tokens.view(np.dtype((np.void, 8 * block_size))).reshape(-1)
+        self.next = np.full(num_blocks, -1, np.int64)  # the child registered right after it
         self.tag = np.zeros(num_blocks, np.int64)  # a full block's key tag
-        self._by_tag: dict[int, int] = {}  # tag -> full block (a candidate, not a hit)
+        self._by_tag: dict[int, int] = {}  # tag -> run head (a candidate, not a hit)
         self._children: dict[tuple[int, int], list[int]] = {}  # (parent, first token) ->
         self._indexed = 0  # entries added to _children since it was last pruned
         self._count = 0
         self._next_serial = ROOT + 1
         self._evictable: OrderedDict[int, None] = OrderedDict()  # LRU first
         self.generation = 0  # bumped by every registration: a match is stale if it moved
+        # the log: full registrations in serial order, batch by batch (one batch per
+        # registration call: consecutive serials); an entry is checked by the block's
+        # serial on use, so a block since evicted or registered again is never taken
+        self._log = np.zeros(4 * num_blocks + 64, np.int64)
+        self._log_len = 0
+        self._log_serial: list[int] = []  # each batch's first serial (increasing)
+        self._log_at: list[int] = []  # its first entry
+        # the last parent match located: (serial, its entry, end of its batch, tag of the
+        # entry after it or None). Entries move only when the log is compacted; a tag
+        # changes only with a new registration, whose entry that one no longer is
+        self._located: tuple = (NOT_CACHED, -1, -1, None)
 
     def __contains__(self, block: int) -> bool:
         return bool(self.state[block])
@@ -127,15 +157,40 @@ class PrefixCache:
     def is_evictable(self, block: int) -> bool:
         return block in self._evictable
 
-    def holds(self, tag: int) -> bool:
-        """Some full block is cached under key tag ``tag`` (a candidate, not a hit)."""
-        return tag in self._by_tag
+    def holds(self, tag: int, parent: int = ROOT, parent_block: int = -1) -> bool:
+        """Some full block is cached under key tag ``tag`` as a run head, or as the
+        ``next`` of ``parent_block`` (holding registration ``parent``): a candidate for
+        the block after that chain, not a hit."""
+        if tag in self._by_tag:
+            return True
+        return parent_block >= 0 and self._next_child(parent, parent_block, tag) >= 0
+
+    def holds_none(self, tags: np.ndarray, parents: np.ndarray, parent_blocks: np.ndarray) -> bool:
+        """``holds`` is false for every (``tags[i]``, ``parents[i]``,
+        ``parent_blocks[i]``): no row's next block can hit. Vectorised."""
+        if not self._by_tag.keys().isdisjoint(tags.tolist()):
+            return False
+        nb = self.next[parent_blocks]  # -1 reads the last entry: masked below
+        kid = (self.tag[nb] == tags) & (parent_blocks >= 0)
+        if not kid.any():  # the usual case: no equal tag
+            return True
+        kid &= (nb >= 0) & (self.state[nb] == FULL) & (self.parent[nb] == parents)
+        return not kid.any()
 
     def live(self, block: int, serial: int) -> bool:
         """``block`` still holds registration ``serial`` (ROOT is always live)."""
         return serial == ROOT or (
             block >= 0 and self.serial[block] == serial and self.state[block] == FULL
         )
+
+    def _next_child(self, parent: int, parent_block: int, tag: int) -> int:
+        """``parent_block``'s ``next`` if it is a full child of registration ``parent``
+        under ``tag`` (a later block of a run is found this way: it has no index entry),
+        else -1."""
+        nb = int(self.next[parent_block])
+        if nb >= 0 and self.state[nb] == FULL and self.parent[nb] == parent and self.tag[nb] == tag:
+            return nb
+        return -1
 
     # ---- lookups ------------------------------------------------------------------------
     def match(
@@ -149,27 +204,92 @@ class PrefixCache:
         """Cached blocks holding ``prompt``'s blocks ``first``, ``first + 1``, ... (up to
         ``max_blocks`` in all), the first a child of registration ``parent``, each the
         chain child of the one before: distinct by construction. ``keys``: the prompt's
-        block keys, or their tags."""
+        block keys, or their tags. O(runs): a run head per index probe, the rest of its
+        run in one vectorised comparison."""
         if first >= max_blocks:
             return []
         tags = key_tags(keys)
         by_tag = self._by_tag
-        if int(tags[first]) not in by_tag:  # the common miss: one probe
+        tag = int(tags[first])
+        head = by_tag.get(tag)
+        if head is None and parent == ROOT:  # the common miss: one probe
             return []
-        cands = list(map(by_tag.get, tags[first:max_blocks].tolist()))  # C-level lookups
-        if None in cands:
-            cands = cands[: cands.index(None)]
-        bs = self.block_size
-        arr = np.asarray(cands, dtype=np.int64)
-        want = np.empty(len(cands), np.int64)
+        out: list[int] = []
+        j, par = first, parent
+        if parent != ROOT:  # block ``first`` may follow ``parent`` in its run: no index entry
+            loc = self._located
+            if loc[0] != parent:  # (rows sharing a prefix ask after the same link)
+                pos, end = self._locate(parent)
+                after = int(self.tag[self._log[pos + 1]]) if 0 <= pos < end - 1 else None
+                loc = (parent, pos, end, after)
+                if parent < self._next_serial:  # issued: its entry, if any, is there
+                    self._located = loc
+            if loc[3] == tag:  # the tag of the entry after ``parent``'s: else a miss
+                pos, end = loc[1], loc[2]
+                m = self._run_hits(pos + 1, end, parent + 1, parent, tags, prompt, j, max_blocks)
+                if m:
+                    out = self._log[pos + 1 : pos + 1 + m].tolist()
+                    j, par = j + m, parent + m  # consecutive serials
+                    head = by_tag.get(int(tags[j])) if j < max_blocks else None
+        while head is not None and self.parent[head] == par:  # a run head, then its run
+            s = int(self.serial[head])
+            pos, end = self._locate(s)
+            if pos < 0:
+                break
+            m = self._run_hits(pos, end, s, par, tags, prompt, j, max_blocks)
+            if not m:
+                break
+            out += self._log[pos : pos + m].tolist()
+            j, par = j + m, s + m - 1
+            if j >= max_blocks:
+                break
+            head = by_tag.get(int(tags[j]))
+        return out
+
+    def _locate(self, serial: int) -> tuple[int, int]:
+        """(position of registration ``serial``'s log entry, end of its batch), or
+        (-1, -1) when it has none (ROOT, a partial block's serial, or dropped)."""
+        starts = self._log_serial
+        i = bisect_right(starts, serial) - 1
+        if i < 0:
+            return -1, -1
+        at = self._log_at
+        pos = at[i] + serial - starts[i]
+        end = at[i + 1] if i + 1 < len(at) else self._log_len
+        return (pos, end) if pos < end else (-1, -1)
+
+    def _run_hits(
+        self,
+        pos: int,
+        end: int,
+        serial: int,
+        parent: int,
+        tags: np.ndarray,
+        prompt: np.ndarray,
+        j: int,
+        max_blocks: int,
+    ) -> int:
+        """How many log entries from ``pos`` (registration ``serial``'s; within its
+        batch, before ``end``) hit ``prompt``'s blocks j, j + 1, ...: each still holding
+        its registration (serials consecutive from ``serial``), full, the child of the
+        one before (the first: of registration ``parent``), same tag, same tokens."""
+        n = min(end - pos, max_blocks - j)
+        c = self._log[pos : pos + n]
+        c0 = int(c[0])
+        if self.tag[c0] != tags[j] or self.parent[c0] != parent or self.serial[c0] != serial:
+            return 0  # the usual miss, in scalars
+        want = np.arange(serial - 1, serial + n, dtype=np.int64)  # parents [:-1], serials [1:]
         want[0] = parent
-        want[1:] = self.serial[arr[:-1]]
-        ok = (self.state[arr] == FULL) & (self.parent[arr] == want)
-        span = prompt[first * bs : (first + len(cands)) * bs].reshape(len(cands), bs)
-        ok &= (self.tokens[arr] == span).all(axis=1)
+        ok = (self.serial[c] == want[1:]) & (self.parent[c] == want[:-1])
+        if not ok.all():  # the run ends (or a block left): compare tokens up to there only
+            n = int(np.argmin(ok))
+            c = c[:n]
+        ok = (self.state[c] == FULL) & (self.tag[c] == tags[j : j + n])
+        bs = self.block_size
+        ok &= (self.tokens[c] == prompt[j * bs : (j + n) * bs].reshape(n, bs)).all(axis=1)
         if ok.all():
-            return cands
-        return cands[: int(np.argmin(ok))]
+            return n
+        return int(np.argmin(ok))
 
     def partial_match(
         self, prompt: np.ndarray, j: int, parent: int, parent_block: int, most: int
@@ -218,44 +338,119 @@ class PrefixCache:
         """Register runs of written full blocks at once: run i is ``lens[i]`` consecutive
         entries of ``blocks`` / ``tokens`` [n, block_size] / ``keys`` (or their tags),
         continuing the chain of registration ``parents[i]`` (held by
-        ``parent_blocks[i]``, -1 for the root). Arrays written in bulk, the index
-        updated in C: no per-block Python. Returns each run's last serial, or None --
-        nothing registered -- when a key is taken or repeated, a block is cached already
-        or a parent is gone: the caller then goes block by block (``register``), which
+        ``parent_blocks[i]``, -1 for the root). Arrays written in bulk; only run heads
+        are checked and indexed (O(runs) Python at most). Returns each run's last
+        serial, or None -- nothing registered -- when a head's key is taken or repeated,
+        a head may equal its parent's ``next`` child, a block is cached already or a
+        parent is gone: the caller then goes block by block (``register``), which
         resolves each case."""
         if self.state[blocks].any():  # a written block is private: never cached already
             return None
         if not self._parents_live(parents, parent_blocks):
             return None  # a parent is gone
         tags, by_tag = key_tags(keys), self._by_tag
-        listed = tags.tolist()
+        ends = lens.cumsum()
+        firsts = ends - lens
+        # Only heads can meet what is cached: a later block's parent is a registration
+        # made below, so nothing cached shares its parent (no equal block, no sibling)
+        # and it needs no key check; match reaches it through the log, not the index.
+        heads, head_tags = blocks[firsts], tags[firsts]
+        listed = head_tags.tolist()
         if not by_tag.keys().isdisjoint(listed):
-            return None  # a key is taken
-        total = blocks.shape[0]
+            return None  # a head's key is taken
+        if self._equal_child_may_exist(head_tags, parents, parent_blocks):
+            return None
         before = len(by_tag)
-        by_tag.update(zip(listed, blocks.tolist(), strict=True))  # C-level: no per-block Python
-        if len(by_tag) != before + total:  # a key repeated: undo (every key was new)
+        by_tag.update(zip(listed, heads.tolist(), strict=True))  # C-level: no per-run Python
+        if len(by_tag) != before + len(listed):  # a head's key repeated: undo (all were new)
             for t in listed:
                 by_tag.pop(t, None)
             return None
+        total = blocks.shape[0]
         s0 = self._next_serial
         serials = np.arange(s0, s0 + total, dtype=np.int64)
-        firsts = np.cumsum(lens) - lens
-        chained = serials - 1
-        chained[firsts] = parents
         self.serial[blocks] = serials
-        self.parent[blocks] = chained
+        serials -= 1  # now each block's parent, but for the heads'
+        serials[firsts] = parents
+        self.parent[blocks] = serials
         self.state[blocks] = FULL
         self.filled[blocks] = self.block_size
-        self.tokens[blocks] = tokens
+        if tokens.dtype == np.int64 and tokens.flags.c_contiguous:  # rows as single items:
+            self._token_rows[blocks] = tokens.view(self._token_rows.dtype).reshape(-1)  # faster
+        else:
+            self.tokens[blocks] = tokens
         self.tag[blocks] = tags
-        self.next[blocks] = -1
         self.next[blocks[:-1]] = blocks[1:]  # across runs too: checked by parent on use
-        self._index_heads(parents, parent_blocks, blocks[firsts])
+        self.next[blocks[-1]] = -1
+        at = self._log_add(s0, total)
+        self._log[at : at + total] = blocks
+        self._index_heads(parents, parent_blocks, heads)
         self._next_serial = s0 + total
         self._count += total
         self.generation += 1
-        return serials[firsts + lens - 1]
+        return ends + (s0 - 1)
+
+    def _equal_child_may_exist(
+        self, head_tags: np.ndarray, parents: np.ndarray, parent_blocks: np.ndarray
+    ) -> bool:
+        """Some run head has the tag of its parent block's ``next`` child: that child
+        (a later block of a run, not indexed) may hold the same tokens, which
+        ``register`` then returns instead (no duplicate)."""
+        if parents.shape[0] <= FEW_RUNS:
+            for t, p, pb in zip(
+                head_tags.tolist(), parents.tolist(), parent_blocks.tolist(), strict=True
+            ):
+                if pb >= 0 and self._next_child(p, pb, t) >= 0:
+                    return True
+            return False
+        nb = self.next[parent_blocks]  # -1 reads the last entry: masked below
+        kid = (self.tag[nb] == head_tags) & (parent_blocks >= 0)
+        if not kid.any():  # the usual case: no equal tag
+            return False
+        kid &= (nb >= 0) & (self.state[nb] == FULL) & (self.parent[nb] == parents)
+        return bool(kid.any())
+
+    def _log_add(self, s0: int, n: int) -> int:
+        """A new batch of ``n`` log entries for serials ``s0``, ``s0 + 1``, ...; returns
+        its first entry (the caller writes the blocks)."""
+        if self._log_len + n > self._log.shape[0]:
+            self._compact_log(n)
+        at = self._log_len
+        self._log_serial.append(s0)
+        self._log_at.append(at)
+        self._log_len = at + n
+        return at
+
+    def _compact_log(self, room: int) -> None:
+        """Drop the log entries nothing can reach any more, keeping room for ``room``
+        more (amortised: at most half the log survives, else it grows). Kept: every
+        entry still holding its registration, and the one before it in its batch (a
+        match may start after a parent given by serial, even an evicted one)."""
+        self._located = (NOT_CACHED, -1, -1, None)
+        n = self._log_len
+        log = self._log[:n]
+        at = np.asarray(self._log_at, np.int64)
+        starts = np.zeros(n + 1, bool)  # an entry that begins a batch
+        starts[at] = True
+        sizes = np.diff(np.append(at, n))
+        ser = np.repeat(np.asarray(self._log_serial, np.int64) - at, sizes) + np.arange(n)
+        live = (self.serial[log] == ser) & (self.state[log] == FULL)
+        keep = live.copy()
+        keep[:-1] |= live[1:] & ~starts[1:n]
+        begins = keep & (starts[:n] | ~np.concatenate(([True], keep[:-1])))
+        pos = np.cumsum(keep) - 1  # each kept entry's new position
+        first = np.flatnonzero(begins)
+        self._log_serial = ser[first].tolist()
+        self._log_at = pos[first].tolist()
+        kept = log[keep]
+        m = kept.shape[0]
+        size = self._log.shape[0]
+        while 2 * (m + room) > size:
+            size *= 2
+        if size != self._log.shape[0]:
+            self._log = np.zeros(size, np.int64)
+        self._log[:m] = kept
+        self._log_len = m
 
     def _index_heads(
         self, parents: np.ndarray, parent_blocks: np.ndarray, heads: np.ndarray
@@ -287,20 +482,19 @@ class PrefixCache:
                 if p != ROOT and (pb < 0 or serial[pb] != p or state[pb] != FULL):
                     return False
             return True
-        pb = np.maximum(parent_blocks, 0)
-        live = (parents == ROOT) | (
-            (parent_blocks >= 0) & (self.serial[pb] == parents) & (self.state[pb] == FULL)
-        )
-        return bool(live.all())
+        pb = parent_blocks  # -1 reads the last entry: masked below
+        live = (self.serial[pb] == parents) & (self.state[pb] == FULL) & (pb >= 0)
+        return bool((live | (parents == ROOT)).all())
 
     def register(
         self, block: int, parent: int, parent_block: int, key: bytes | int, tokens: np.ndarray
     ) -> tuple[int, int]:
         """Cache full ``block`` (its KV is written, after the chain ``parent``, held by
-        ``parent_block``) under ``key`` (or its tag, an int). Returns the link that stands
-        for the chain through it, (serial, block holding it): its new registration, an equal one
-        already cached (same parent, same tokens: this block stays private), or
-        (NOT_CACHED, -1) (the parent is gone, or a live chain holds the key)."""
+        ``parent_block``) under ``key`` (or its tag, an int), as a run of one. Returns
+        the link that stands for the chain through it, (serial, block holding it): its
+        new registration, an equal one already cached (same parent, same tokens, found
+        through the index or as ``parent_block``'s ``next``: this block stays private),
+        or (NOT_CACHED, -1) (the parent is gone, or a live chain's head holds the key)."""
         if parent == NOT_CACHED or not self.live(parent_block, parent):
             return NOT_CACHED, -1
         tag = key if isinstance(key, int) else hash(key)
@@ -308,14 +502,19 @@ class PrefixCache:
         if held is not None:
             if self.parent[held] == parent and np.array_equal(self.tokens[held], tokens):
                 return int(self.serial[held]), held
-            if self._reachable(held):
-                return NOT_CACHED, -1  # a real collision: the first chain keeps the key
-            # else an orphan holds it: never hit again, this chain takes the key
+        if parent_block >= 0:  # a later block of a run: not indexed
+            nb = self._next_child(parent, parent_block, tag)
+            if nb >= 0 and np.array_equal(self.tokens[nb], tokens):
+                return int(self.serial[nb]), nb
+        if held is not None and self._reachable(held):
+            return NOT_CACHED, -1  # a real collision: the first chain keeps the key
+        # else an orphan holds it (never hit again): this chain takes the key
         if self.state[block]:  # a written block is private, so never cached
             return NOT_CACHED, -1
         serial = self._put(block, parent, parent_block, tokens, FULL)
         self.tag[block] = tag
         self._by_tag[tag] = block
+        self._log[self._log_add(serial, 1)] = block
         return serial, block
 
     def register_partial(

@@ -56,7 +56,7 @@ class Rematch:
                 if more:
                     hits.append(np.array(more, np.int64))
         if not hits:
-            if not cache.holds(tag):
+            if not cache.holds(tag, seq.link_serial, seq.link_block):
                 return  # the common miss: one dict probe
             hit = cache.match(seq.tags, seq.prompt, k, seq.link_serial, most)
             if not hit:

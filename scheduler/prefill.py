@@ -26,6 +26,7 @@ import numpy as np
 from . import builder
 from .block_manager import BlockAccountingError, BlockManager
 from .builder import assemble_rows
+from .chains import Chains
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
 from .fcfs import Queue
@@ -100,6 +101,7 @@ class PrefillScheduler:
         # the slots of requests with prompt tokens left, FCFS: schedule() never rescans
         # transferring ones
         self._queue = Queue(config.max_num_requests)
+        self._chains = Chains(config, self._store, cache) if cache is not None else None
 
     # ---- admission -------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -519,9 +521,9 @@ class PrefillScheduler:
         if moved:
             self._queue.discard(moved)
         if cache is not None and kept:
-            self._link_few(kept, fulls)
+            self._chains.link_few(kept, fulls)
             for slot in tails:
-                self._cache_tail(store.seq(slot))
+                self._chains.cache_tail(store.seq(slot))
         ids = store.ids
         return [ids[slot] for slot in moved]
 
@@ -560,110 +562,12 @@ class PrefillScheduler:
         else:
             moved = []
         if cache is not None and kept.any():
-            self._link_rows(slots[kept], ends[kept] // bs)
+            self._chains.link_rows(slots[kept], ends[kept] // bs)
             tails = done & (ends % bs != 0)  # finished: their last, partly filled block
             if tails.any():
                 for slot in slots[tails].tolist():
-                    self._cache_tail(store.seq(slot))
+                    self._chains.cache_tail(store.seq(slot))
         return moved
-
-    def _cache_tail(self, seq: Sequence) -> None:
-        """A finished prompt's last, partly filled block: a copy source once its chain
-        through the full blocks before it is cached."""
-        full = seq.prompt_len // self.config.block_size
-        serial = seq.link_serial
-        if seq.num_linked == full and serial != NOT_CACHED:
-            bs = self.config.block_size
-            self.blocks.cache.register_partial(
-                int(seq.block_ids[full]), serial, seq.link_block, seq.prompt[full * bs :]
-            )
-
-    def _link_rows(self, slots: np.ndarray, fulls: np.ndarray) -> None:
-        """Extend the chains of the requests at ``slots`` (rows whose chunk ran and was
-        kept) to their first ``fulls`` full blocks, now written."""
-        if slots.shape[0] <= builder.FEW_ROWS:
-            self._link_few(slots.tolist(), fulls.tolist())
-        else:
-            self._link(slots, fulls.astype(np.int64))
-
-    def _link_few(self, slots: list[int], fulls: list[int]) -> None:
-        """``_link`` row by row (a few rows: scalar reads beat a dozen numpy calls)."""
-        links = self._store.links
-        grow_slots, grow_fulls = [], []
-        for slot, full in zip(slots, fulls, strict=True):
-            if full <= links.linked[slot]:
-                continue
-            if links.serial[slot] == NOT_CACHED:  # nothing after a broken link is cached
-                links.linked[slot] = full
-            else:
-                grow_slots.append(slot)
-                grow_fulls.append(full)
-        if grow_slots:
-            self._register(np.array(grow_slots, np.int64), np.array(grow_fulls, np.int64))
-
-    def _link(self, slots: np.ndarray, fulls: np.ndarray) -> None:
-        """Extend the chains of the requests at ``slots`` to their first ``fulls`` full
-        blocks, now written: whole-array reads and writes of the store's ``Links``."""
-        links = self._store.links
-        grow = fulls > links.linked[slots]
-        broken = links.serial[slots] == NOT_CACHED
-        cut = grow & broken  # nothing after a broken link is cached: just move past
-        if cut.any():
-            links.linked[slots[cut]] = fulls[cut]
-        grow &= ~broken
-        if not grow.any():
-            return
-        if grow.all():
-            self._register(slots, fulls)
-        else:
-            self._register(slots[grow], fulls[grow])
-
-    def _register(self, slots: np.ndarray, upto: np.ndarray) -> None:
-        """Cache the full blocks each request (at ``slots``) wrote past its chain, up to
-        ``upto`` blocks: in one batch (a few numpy gathers from the store, no per-block
-        Python) where nothing collides, block by block where something does."""
-        cache, bs, store = self.blocks.cache, self.config.block_size, self._store
-        links = store.links
-        first, parents, pblocks = links.linked[slots], links.serial[slots], links.block[slots]
-        lens = upto - first
-        if slots.shape[0] <= builder.FEW_ROWS:  # long runs of few rows: slices of their arenas
-            seqs = [store.seq(s) for s in slots.tolist()]
-            runs = list(zip(seqs, first.tolist(), upto.tolist(), strict=True))
-            blocks = np.concatenate([q.block_ids[a:u] for q, a, u in runs]).astype(np.int64)
-            tokens = np.concatenate([q.prompt[a * bs : u * bs] for q, a, u in runs])
-            tags = np.concatenate([q.tags[a:u] for q, a, u in runs])
-        else:  # many short runs: a few gathers over the store's arenas
-            blocks = store.table.ravel()[spans(slots * store.table.shape[1] + first, lens)]
-            blocks = blocks.astype(np.int64)
-            tokens = store.tokens[spans(store.tok_off[slots] + first * bs, lens * bs)]
-            tags = store.tags[spans(store.tag_off[slots] + first, lens)]
-        tokens = tokens.reshape(-1, bs)
-        last = cache.register_runs(blocks, tokens, tags, lens, parents, pblocks)
-        if last is not None:
-            links.linked[slots] = upto
-            links.serial[slots] = last
-            links.block[slots] = blocks[np.cumsum(lens) - 1]
-            return
-        lo = 0
-        for s, u, m in zip(slots.tolist(), upto.tolist(), lens.tolist(), strict=True):
-            q = store.seq(s)  # run by run
-            one = slice(lo, lo + m)
-            lo += m
-            last = cache.register_runs(
-                blocks[one], tokens[one], tags[one], np.array([m]),
-                np.array([q.link_serial]), np.array([q.link_block]),
-            )  # fmt: skip
-            if last is not None:
-                q.num_linked, q.link_serial, q.link_block = u, int(last[0]), int(blocks[one][-1])
-                continue
-            for j in range(q.num_linked, u):  # block by block: collisions resolved here
-                if q.link_serial == NOT_CACHED:
-                    break  # nothing after a link the cache could not take is cached
-                q.link_serial, q.link_block = cache.register(
-                    int(q.block_ids[j]), q.link_serial, q.link_block, int(q.tags[j]),
-                    q.prompt[j * bs : (j + 1) * bs],
-                )  # fmt: skip
-            q.num_linked = u
 
     def _unpin_copy(self, seq: Sequence) -> None:
         self.blocks.free([seq.copy_src])

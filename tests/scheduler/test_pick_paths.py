@@ -23,6 +23,7 @@ from graphbatch.scheduler import (
     StaleDescriptor,
     builder,
 )
+from graphbatch.scheduler.chains import Chains
 from graphbatch.scheduler.fields import FIELDS
 
 BASE = SchedulerConfig(
@@ -175,7 +176,7 @@ def test_the_workloads_reach_every_path(monkeypatch):
     rows = count("rows", P._pick_rows)
     monkeypatch.setattr(P, "_pick_rows", lambda self, q, wait: _mark(seen, rows(self, q, wait)))
     monkeypatch.setattr(P, "_retire", count("retire", P._retire))
-    monkeypatch.setattr(P, "_link", count("link", P._link))
+    monkeypatch.setattr(Chains, "link", count("link", Chains.link))
     monkeypatch.setattr(P, "_rewind", count("rewind", P._rewind))
     for name in ("cache", "no-copy"):
         for seed in range(6):

@@ -9,7 +9,7 @@ from graphbatch.sampling import SAMPLING_RULES
 
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor
-from .fields import token_slots
+from .fields import split_positions, token_slots
 from .packed import Layout, layout
 from .sequence import Sequence
 from .store import RequestStore, spans
@@ -76,7 +76,7 @@ def assemble_rows(
     raw, a, lay = _buffer(config, num_tokens)
     a["query_start_loc"][1 : n + 1] = ends  # [0] is 0, the padding num_tokens
     for rule in SAMPLING_RULES:
-        a[rule.field][:n] = store.sampling[rule.field][slots]
+        np.take(store.sampling[rule.field], slots, out=a[rule.field][:n])
     if n <= FEW_ROWS:
         _few_rows(a, store, slots, starts.tolist(), counts.tolist(), bs)
     else:
@@ -88,12 +88,18 @@ def assemble_rows(
             nb = store.num_blocks[slots]
             cells = spans(np.arange(0, n * MB, MB, dtype=np.int64), nb)
             bt.ravel()[cells] = table.ravel()[spans(slots * table.shape[1], nb)]
+        index = _arange(num_tokens)[:num_tokens]
+        shift = starts - ends + counts  # each row's position less its tokens' index
         positions = a["positions"][:num_tokens]
-        row_of_token = np.repeat(np.arange(n, dtype=np.int64), counts)
-        first = (ends - counts - starts)[row_of_token]  # each token's row, as offset
-        np.subtract(_arange(num_tokens)[:num_tokens], first, out=positions)
-        a["input_ids"][:num_tokens] = store.tokens[positions + store.tok_off[slots][row_of_token]]
-        a["slot_mapping"][:num_tokens] = token_slots(bt, row_of_token, positions, bs)
+        np.add(index, np.repeat(shift, counts), out=positions)
+        at = np.repeat(store.tok_off[slots] + shift, counts)  # the prompt arena's index
+        at += index
+        np.take(store.tokens, at, out=a["input_ids"][:num_tokens])
+        cell, offset = split_positions(positions, bs)  # the block-table cell, flat
+        cell += np.repeat(np.arange(0, n * MB, MB, dtype=np.int64), counts)
+        slot_mapping = a["slot_mapping"][:num_tokens]
+        np.multiply(bt.ravel().take(cell), bs, out=slot_mapping, dtype=np.int64)
+        slot_mapping += offset
     plens = store.prompt_len[slots]
     ids = tuple(store.ids[slots].tolist())
     d = _finish(config, a, starts, counts, ends, plens, copies, ids, num_tokens)
@@ -123,10 +129,10 @@ def _finish(
 ) -> BatchDescriptor:
     """The per-row fields every descriptor derives alike, its copies, the descriptor."""
     n, bs = starts.shape[0], config.block_size
-    seq_lens = starts + counts
-    a["seq_lens"][:n] = seq_lens
+    seq_lens = a["seq_lens"][:n]
+    np.add(starts, counts, out=seq_lens)
     a["context_lens"][:n] = starts
-    a["logits_indices"][:n] = ends - 1
+    np.subtract(ends, 1, out=a["logits_indices"][:n])
     np.equal(seq_lens, plens, out=a["sample_mask"][:n])
     if copies:
         bt = a["block_tables"]

@@ -114,9 +114,8 @@ class Layout:
     tokens_at: int  # offset of the first per-token field: the template is copied up to it
     token_fields: tuple[tuple[int, int], ...]  # (offset, itemsize) of each per-token field
     capacity: int  # token rows (the bucket)
-    # retired steps' buffers (raw, views, bytes used) and seal copies, reused once free
+    # retired steps' buffers (raw, views, bytes used), reused once free
     pool: deque = field(default_factory=deque, compare=False, repr=False)
-    spare: list = field(default_factory=list, compare=False, repr=False)
 
     def new(self, num_tokens: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """A buffer holding padding, and its field views by name: a retired step's
@@ -171,19 +170,6 @@ class Layout:
             pool.append(entry)  # a descriptor (or a view of it) still lives
         return None
 
-    def truth(self) -> np.ndarray:
-        """A private buffer of ``total`` bytes for a seal's copy (a retired seal's if
-        one is free)."""
-        spare = self.spare
-        while spare:
-            try:
-                buf = spare.pop()
-            except IndexError:
-                break
-            if sys.getrefcount(buf) == 2:  # only ours: no record reads it any more
-                return buf
-        return np.empty(self.total, np.uint8)
-
     def head(self, num_seqs: int) -> int:
         """Bytes a step of ``num_seqs`` rows can write: all but the unused table rows."""
         end = self.tables + num_seqs * self.row_bytes
@@ -223,9 +209,10 @@ class Seal:
         self.meta = tuple(map(_meta, self.views))
         self.head = lay.head(d.num_seqs)
         self.rows_end = lay.rows_end
-        self.truth = lay.truth()[: self.head]  # private: nobody else holds it
-        np.copyto(self.truth, raw[: self.head])
-        self.rows = self.truth[: self.rows_end].tobytes()
+        # private and immutable; bytes compare with one memcmp (a cold numpy reduction
+        # costs more than the whole compare)
+        self.truth = raw[: self.head].tobytes()
+        self.rows = self.truth[: self.rows_end]
         self.scalars = (
             d.num_tokens,
             d.num_seqs,
@@ -240,7 +227,6 @@ class Seal:
         """The step is retired: its buffers may serve a later step once unreferenced."""
         lay = self.layout
         lay.release(self.raw, self.views, self.head)
-        lay.spare.append(self.truth.base)
         self.raw = self.truth = None
         self.views = ()
 
@@ -249,7 +235,9 @@ class Seal:
         what the scheduler trusts, whatever happens to the descriptor)."""
         i = ROW_FIELDS.index(name)
         lay = self.layout
-        return np.ndarray(lay.shapes[i], lay.dtypes[i], self.truth, lay.offsets[i])[:size]
+        return np.ndarray(lay.shapes[i], lay.dtypes[i], self.truth, lay.offsets[i])[
+            :size
+        ]  # read-only
 
     def intact(self, d: BatchDescriptor) -> bool:
         """``d`` holds exactly what was issued: same arrays, same bytes, same scalars."""
@@ -260,7 +248,7 @@ class Seal:
             return False
         # the block tables' unused rows are not compared: the executor never reads them
         # (StaticBuffers.load copies the step's rows; its own padding rows stay put)
-        return np.array_equal(_u64(self.raw[: self.head]), _u64(self.truth))
+        return self.raw[: self.head].tobytes() == self.truth
 
     def rows_intact(self, d: BatchDescriptor) -> bool:
         """The fields ``StepRecord.mismatch`` compares are the issued ones, unchanged."""

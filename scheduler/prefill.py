@@ -19,7 +19,9 @@ computing them twice -- unless the step would otherwise be empty
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -204,7 +206,7 @@ class PrefillScheduler:
         d.scheduler_id, d.step, d.origin = self.id, step, self._origin
         incarnations = links.arrival[slots]
         d.arrivals = tuple(incarnations.tolist())
-        links.scheduled[slots] = starts + counts
+        links.scheduled[slots] = d.seq_lens[: slots.shape[0]]
         self._steps += 1
         seal = Seal(d, raw, lay)
         self._outstanding[step] = StepRecord.of(d, slots, incarnations, self._epoch, seal)
@@ -235,18 +237,26 @@ class PrefillScheduler:
             got += min(max(int(plen[slot] - scheduled[slot]), 0), cap)
         if got >= budget:
             return self._pick_rows(q, wait)
-        start = links.scheduled[q]
-        left = self._store.prompt_len[q] - start
-        active = left > 0  # else fully scheduled, its last chunk still in flight
-        if not active.all():
+        start = scheduled[q]
+        left = plen[q] - start
+        # a few hundred numbers: list arithmetic beats numpy's reductions, each of which
+        # costs tens of microseconds when its code is cold (as between steps)
+        lefts = left.tolist()
+        if min(lefts) <= 0:  # some are fully scheduled, their last chunk still in flight
+            active = left > 0
             q, start, left = q[active], start[active], left[active]
             if not q.shape[0]:
                 return _NO_ROWS
-        want = np.minimum(left, cap) if cap < budget else left
-        before = np.cumsum(want) - want  # tokens of the rows ahead of each
-        k = min(int(np.searchsorted(before, budget)), max_rows)  # rows with budget left
-        slots, starts, counts = q[:k], start[:k], want[:k].copy()
-        counts[-1] = min(int(counts[-1]), budget - int(before[k - 1]))
+            lefts = left.tolist()
+        if cap < budget:
+            lefts = [x if x < cap else cap for x in lefts]
+        total = list(accumulate(lefts))  # tokens of the rows up to each
+        # rows with budget left before them: the first, and each after a total < budget
+        k = min(bisect_left(total, budget) + 1, len(lefts), max_rows)
+        slots, starts = q[:k], start[:k]
+        counts = np.array(lefts[:k], np.int64)
+        if total[k - 1] > budget:
+            counts[-1] -= total[k - 1] - budget
         if self.blocks.cache is not None and not self._plain(slots, starts, counts, wait):
             return self._pick_rows(q, wait)
         return slots, starts, counts, [], False

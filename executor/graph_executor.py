@@ -252,7 +252,7 @@ class GraphExecutor:
             raise DescriptorError(
                 "input_ids", 0, f"token capacity {d.token_capacity} is not a bucket {cfg.buckets}"
             )
-        if not self._copies and d.copy_lens.any():
+        if not self._copies and np.count_nonzero(d.copy_lens):
             r = int(np.flatnonzero(d.copy_lens)[0])
             why = "has no prefix cache" if not cfg.enable_prefix_caching else "has no kv_caches()"
             raise DescriptorError(

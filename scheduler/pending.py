@@ -52,13 +52,14 @@ class Pending:
         self._mark[tags & _MARK_MASK] = True
         self.n = n + k
 
-    def add_step(self, tags: np.ndarray, step: int) -> None:
-        """The blocks of ``tags`` (every chunk of one step, row by row) are computed by
-        ``step``: a dict entry each when few, else one array copy."""
-        if tags.shape[0] > LONG:
+    def add_step(self, tags: np.ndarray, listed: list[int], step: int) -> None:
+        """The blocks of ``tags`` (``listed``: the same as ints; every chunk of one step,
+        row by row) are computed by ``step``: a dict entry each for many short chunks
+        (one C-level update), one array copy for long ones."""
+        if tags.shape[0] > 1024:
             self.add(tags, step)
         else:
-            self._few.update(dict.fromkeys(tags.tolist(), step))
+            self._few.update(dict.fromkeys(listed, step))
 
     def may_hold(self, tags: np.ndarray) -> bool:
         """Whether some of ``tags`` may be listed (False: none is; True may be wrong)."""

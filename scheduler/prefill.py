@@ -43,6 +43,7 @@ from .sequence import PREFILLING, TRANSFERRING, SeqState, Sequence
 from .steps import Origin, StepRecord
 from .store import RequestStore, spans
 
+_nz = np.count_nonzero  # any(): cold, numpy's reductions cost several times more
 _EMPTY = np.zeros(0, np.int64)
 _EMPTY.flags.writeable = False
 _NO_ROWS = (_EMPTY, _EMPTY, _EMPTY, [], False)
@@ -209,7 +210,8 @@ class PrefillScheduler:
         links.scheduled[slots] = d.seq_lens[: slots.shape[0]]
         self._steps += 1
         seal = Seal(d, raw, lay)
-        self._outstanding[step] = StepRecord.of(d, slots, incarnations, self._epoch, seal)
+        copied = sum([c[2] for c in copies])
+        self._outstanding[step] = StepRecord.of(d, slots, incarnations, self._epoch, seal, copied)
         return d
 
     def _pick(
@@ -271,21 +273,21 @@ class PrefillScheduler:
         cfg, store, cache = self.config, self._store, self.blocks.cache
         links, bs = store.links, cfg.block_size
         first = starts == links.shared[slots] * bs
-        if not first.any():
+        if not _nz(first):
             fresh = None
         else:
             fresh = slots[first]
             plen = store.prompt_len[fresh]
             k = links.shared[fresh]
-            if cfg.max_copy_slots and (plen - starts[first] > 1).any():
-                if cache.has_roots or k.any():
+            if cfg.max_copy_slots and _nz(plen - starts[first] > 1):
+                if cache.has_roots or _nz(k):
                     return False  # a sub-block copy may apply: _pick_rows plans it
             stale = links.matched[fresh] != cache.generation
-            if stale.any():
+            if _nz(stale):
                 rows = fresh[stale]
                 ks = k[stale]
                 can = ks < (store.prompt_len[rows] - 1) // bs  # rematch needs a block left
-                if can.any():
+                if _nz(can):
                     r, kk = rows[can], ks[can]
                     tags = store.tags[store.tag_off[r] + kk]
                     if not cache.holds_none(tags, links.serial[r], links.block[r]):
@@ -293,27 +295,25 @@ class PrefillScheduler:
                 links.matched[rows] = cache.generation  # matched again: nothing to hit
         if not wait:
             return True
-        done = store.tags[
-            spans(store.tag_off[slots] + starts // bs, (starts + counts) // bs - starts // bs)
-        ]  # the full blocks this step completes, in row order
+        a = starts // bs
+        done = store.tags[spans(store.tag_off[slots] + a, (starts + counts) // bs - a)]
+        listed = done.tolist()  # the full blocks this step completes, in row order
         if fresh is not None:
             k = links.shared[fresh]
             has_next = k < store.prompt_len[fresh] // bs
-            if has_next.any():
+            if _nz(has_next):
                 nxt = store.tags[store.tag_off[fresh[has_next]] + k[has_next]]
                 if self._pending and self._pending.may_hold(nxt):
                     return False  # an issued step may be computing one of them
-                if done.shape[0] > 1:
-                    srt = np.sort(done)
-                    if (srt[1:] == srt[:-1]).any():
-                        return False  # two rows complete an equal block: one may wait
+                if len(set(listed)) < len(listed):
+                    return False  # two rows complete an equal block: one may wait
                 # with no block completed twice, a row's next block is another row's
                 # only if the row does not complete it itself: its chunk is too short
                 own = (starts[first] + counts[first]) // bs > k
-                if not own[has_next].all() and np.isin(nxt, done).any():
+                if _nz(~own[has_next]) and not set(listed).isdisjoint(nxt.tolist()):
                     return False
-        if done.shape[0]:
-            self._pending.add_step(done, self._steps)
+        if listed:
+            self._pending.add_step(done, listed, self._steps)
         return True
 
     def _pick_rows(self, q: np.ndarray, wait: bool):
@@ -422,7 +422,7 @@ class PrefillScheduler:
             raise err
         if rows_alive and rec.epoch != self._epoch:
             live = rec.live(self._store.links, self._epoch)
-            if live is not None and not live.all():
+            if live is not None and np.count_nonzero(live) < live.shape[0]:
                 gone = [rec.request_ids[i] for i in np.flatnonzero(~live).tolist()]
                 raise StaleDescriptor(
                     f"step {d.step}: requests {gone} were aborted, re-added or rescheduled "
@@ -555,14 +555,14 @@ class PrefillScheduler:
             lost = live & ~kept
         else:
             lost = ~kept
-        if lost.any():
+        if _nz(lost):
             for slot in slots[lost].tolist():
                 self._rewind(store.seq(slot))
         no_token = finishes & (tokens < 0)  # flagged by the executor: its KV may be garbage
-        if no_token.any():
+        if _nz(no_token):
             kept &= ~no_token
         done = kept & finishes
-        if done.any():
+        if _nz(done):
             done &= links.state[slots] == PREFILLING
             moved_slots = slots[done]
             links.first[moved_slots] = tokens[done]
@@ -571,10 +571,10 @@ class PrefillScheduler:
             moved = store.ids[moved_slots].tolist()
         else:
             moved = []
-        if cache is not None and kept.any():
+        if cache is not None and _nz(kept):
             self._chains.link_rows(slots[kept], ends[kept] // bs)
             tails = done & (ends % bs != 0)  # finished: their last, partly filled block
-            if tails.any():
+            if _nz(tails):
                 for slot in slots[tails].tolist():
                     self._chains.cache_tail(store.seq(slot))
         return moved

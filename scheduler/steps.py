@@ -53,12 +53,13 @@ class StepRecord:
         incarnations: np.ndarray,
         epoch: int,
         seal: Seal,
+        copied: int,
     ) -> StepRecord:
         """The rows of a freshly built descriptor: views of the seal's private copy of
         its bytes (the descriptor itself is the caller's)."""
         n = d.num_seqs
         copy_lens = seal.issued("copy_lens", n)
-        k = int(copy_lens.sum())
+        k = copied  # slots copied: sum(copy_lens)
         return cls(
             d.request_ids,
             d.arrivals,
@@ -123,13 +124,13 @@ class StepRecord:
         row's request is gone) and claims no first token. A step that still could run
         is refused, so a caller whose executor never marks steps fails here instead of
         rescheduling the same chunk forever."""
-        if live is None or live.all():
+        if live is None or np.count_nonzero(live) == live.shape[0]:
             raise ValueError(
                 f"step {step} has not run (no executor marked it executed) and still can: "
                 "run it, or abort the requests it cannot serve, before retiring it"
             )
         claims = live & self.finishes & (tokens >= 0)
-        if claims.any():
+        if np.count_nonzero(claims):
             claimed = [self.request_ids[i] for i in np.flatnonzero(claims).tolist()]
             raise ValueError(
                 f"step {step} never ran: requests {claimed} cannot have first tokens; "

@@ -32,7 +32,7 @@ from .chains import Chains
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
 from .fcfs import Queue
-from .first_tokens import check_first_tokens
+from .first_tokens import first_tokens
 from .key_tags import NO_TAGS, key_tags
 from .packed import Seal
 from .pending import LONG, Pending
@@ -458,7 +458,10 @@ class PrefillScheduler:
                     computed[slot] = end
             return
         go = computed[slots] == bases
-        computed[slots[go]] = ends[go]
+        if _nz(go) == go.shape[0]:  # every row ran in order (the common case)
+            computed[slots] = ends
+        else:
+            computed[slots[go]] = ends[go]
 
     def update(self, descriptor: BatchDescriptor, sampled_token_ids) -> list[str]:
         """Retire ``descriptor``: record first tokens of requests whose prompt it
@@ -478,7 +481,7 @@ class PrefillScheduler:
         """
         d = descriptor
         rec = self._record(d, rows_alive=False)  # aborted rows are skipped below
-        tokens = check_first_tokens(sampled_token_ids, d.request_ids, self.config.vocab_size)
+        tokens, flagless = first_tokens(sampled_token_ids, d.request_ids, self.config.vocab_size)
         store = self._store
         links = store.links
         live = rec.live(links, self._epoch)
@@ -488,7 +491,7 @@ class PrefillScheduler:
         if rec.slots.shape[0] <= builder.FEW_ROWS:
             moved = self._retire_few(rec, live, tokens)
         else:
-            moved = self._retire(rec, live, tokens)
+            moved = self._retire(rec, live, tokens, flagless)
         del self._outstanding[d.step]
         if rec.seal is not None:
             rec.seal.release()
@@ -537,11 +540,13 @@ class PrefillScheduler:
         ids = store.ids
         return [ids[slot] for slot in moved]
 
-    def _retire(self, rec: StepRecord, live: np.ndarray | None, tokens: np.ndarray) -> list:
+    def _retire(
+        self, rec: StepRecord, live: np.ndarray | None, tokens: np.ndarray, flagless: bool
+    ) -> list:
         """Record the step's first tokens, move its finished rows to transferring,
         rewind the rows whose chunk never computed and cache the blocks the rest wrote:
         the step's rows as whole arrays. Returns the moved requests' ids."""
-        cache, bs, store = self.blocks.cache, self.config.block_size, self._store
+        cache, store = self.blocks.cache, self._store
         links = store.links
         slots, ends, finishes = rec.slots, rec.ends, rec.finishes
         if rec.copy_src.shape[0]:  # its copies ran (or never will: see _rewind)
@@ -550,6 +555,20 @@ class PrefillScheduler:
                 if links.copy_src[slot] >= 0:
                     self._unpin_copy(store.seq(slot))
         kept = links.computed[slots] >= ends  # else this chunk's KV was never computed
+        n = slots.shape[0]
+        if live is None and flagless and _nz(kept) == n:
+            # every row ran and has its token (the common case): fewer passes
+            done = finishes & (links.state[slots] == PREFILLING)
+            if _nz(done) == n:
+                moved_slots, firsts = slots, tokens
+            else:
+                moved_slots, firsts = slots[done], tokens[done]
+            links.first[moved_slots] = firsts
+            links.state[moved_slots] = TRANSFERRING
+            self._queue.discard(moved_slots)
+            if cache is not None:
+                self._link_kept(slots, ends, done)
+            return store.ids[moved_slots].tolist()
         if live is not None:
             kept &= live
             lost = live & ~kept
@@ -572,12 +591,19 @@ class PrefillScheduler:
         else:
             moved = []
         if cache is not None and _nz(kept):
-            self._chains.link_rows(slots[kept], ends[kept] // bs)
-            tails = done & (ends % bs != 0)  # finished: their last, partly filled block
-            if _nz(tails):
-                for slot in slots[tails].tolist():
-                    self._chains.cache_tail(store.seq(slot))
+            self._link_kept(slots[kept], ends[kept], done[kept])
         return moved
+
+    def _link_kept(self, slots: np.ndarray, ends: np.ndarray, done: np.ndarray) -> None:
+        """Advance the chains of rows whose chunk ran and was kept (``done``: they
+        finished their prompt, its last partly filled block included)."""
+        bs = self.config.block_size
+        self._chains.link_rows(slots, ends // bs)
+        tails = done & (ends % bs != 0)
+        if _nz(tails):
+            store = self._store
+            for slot in slots[tails].tolist():
+                self._chains.cache_tail(store.seq(slot))
 
     def _unpin_copy(self, seq: Sequence) -> None:
         self.blocks.free([seq.copy_src])

@@ -1,11 +1,19 @@
 """Each request's cache chain, advanced as a step's blocks are written: the full blocks a
-retired step's rows wrote are registered in the prefix cache (``PrefixCache.register_runs``:
-in one batch where nothing collides, block by block where something does), and a finished
-prompt's last, partly filled block becomes a copy source (``register_partial``).
+retired step's rows wrote are registered in the prefix cache (``PrefixCache.register_few``
+/ ``register_many``, ``register_runs``'s halves: in one batch where nothing collides,
+block by block where something does), and a finished prompt's last, partly filled block
+becomes a copy source (``register_partial``).
 
 A chain lives in the request store's ``Links`` arrays at the request's slot (how many
 leading blocks are linked, the serial of the last link, the block holding it), so a step's
 rows advance as whole arrays; a few rows, one by one (scalar reads beat a dozen numpy calls).
+
+Per-step host cost is the point here (a step's update runs cold: the number of numpy
+calls counts more than their size): the blocks, tokens and tags a step registers are
+gathered once each -- a few rows as slices of their arenas (one run: views of the tokens
+and tags), many rows through one layout of their runs (each block's slot and index in its
+prompt, shared by the three gathers); tokens as whole blocks, items of a view of the token
+arena that holds ``block_size`` tokens from each token on (``_token_windows``).
 """
 
 from __future__ import annotations
@@ -16,13 +24,16 @@ from . import builder
 from .config import SchedulerConfig
 from .prefix_cache import NOT_CACHED, PrefixCache
 from .sequence import Sequence
-from .store import RequestStore, spans
+from .store import RequestStore
 
 
 class Chains:
     def __init__(self, config: SchedulerConfig, store: RequestStore, cache: PrefixCache) -> None:
         self.block_size = config.block_size
         self.store, self.cache = store, cache
+        self._windows: np.ndarray | None = None  # see _token_windows
+        self._windows_of: np.ndarray | None = None  # the arena they view
+        self._token_windows()  # (once per arena, not in a step)
 
     def cache_tail(self, seq: Sequence) -> None:
         """A finished prompt's last, partly filled block: a copy source once its chain
@@ -41,77 +52,142 @@ class Chains:
         if slots.shape[0] <= builder.FEW_ROWS:
             self.link_few(slots.tolist(), fulls.tolist())
         else:
-            self.link(slots, fulls.astype(np.int64))
+            self.link(slots, fulls)
 
     def link_few(self, slots: list[int], fulls: list[int]) -> None:
-        """``_link`` row by row (a few rows: scalar reads beat a dozen numpy calls)."""
+        """``link`` row by row (a few rows: scalar reads beat a dozen numpy calls)."""
         links = self.store.links
-        grow_slots, grow_fulls = [], []
+        linked, serial = links.linked, links.serial
+        runs = []
         for slot, full in zip(slots, fulls, strict=True):
-            if full <= links.linked[slot]:
+            first = int(linked[slot])
+            if full <= first:
                 continue
-            if links.serial[slot] == NOT_CACHED:  # nothing after a broken link is cached
-                links.linked[slot] = full
+            parent = int(serial[slot])
+            if parent == NOT_CACHED:  # nothing after a broken link is cached
+                linked[slot] = full
             else:
-                grow_slots.append(slot)
-                grow_fulls.append(full)
-        if grow_slots:
-            self.register(np.array(grow_slots, np.int64), np.array(grow_fulls, np.int64))
+                runs.append((slot, first, full, parent))
+        if runs:
+            self._register_few(runs)
 
     def link(self, slots: np.ndarray, fulls: np.ndarray) -> None:
         """Extend the chains of the requests at ``slots`` to their first ``fulls`` full
         blocks, now written: whole-array reads and writes of the store's ``Links``."""
         links = self.store.links
-        grow = fulls > links.linked[slots]
-        broken = links.serial[slots] == NOT_CACHED
+        first, parents = links.linked[slots], links.serial[slots]
+        grow = fulls > first
+        broken = parents == NOT_CACHED
+        n = slots.shape[0]  # (count_nonzero: cheaper than any / all reductions)
+        if np.count_nonzero(grow) == n and not np.count_nonzero(broken):  # the usual case
+            self._register_many(slots, fulls, first, parents)
+            return
         cut = grow & broken  # nothing after a broken link is cached: just move past
-        if cut.any():
+        if np.count_nonzero(cut):
             links.linked[slots[cut]] = fulls[cut]
-        grow &= ~broken
-        if not grow.any():
-            return
-        if grow.all():
-            self.register(slots, fulls)
-        else:
-            self.register(slots[grow], fulls[grow])
+        grow &= ~broken  # (fewer rows than all: some row does not grow, or is broken)
+        if np.count_nonzero(grow):
+            self._register_many(slots[grow], fulls[grow], first[grow], parents[grow])
 
-    def register(self, slots: np.ndarray, upto: np.ndarray) -> None:
-        """Cache the full blocks each request (at ``slots``) wrote past its chain, up to
-        ``upto`` blocks: in one batch (a few numpy gathers from the store, no per-block
-        Python) where nothing collides, block by block where something does."""
-        cache, bs, store = self.cache, self.block_size, self.store
+    def _register_few(self, runs: list[tuple[int, int, int, int]]) -> None:
+        """Cache runs (slot, first block, upto, parent serial) of a few rows: their
+        blocks, tokens and tags are slices of the arenas (one run: views but for the
+        blocks, a copy as int64)."""
+        store, bs = self.store, self.block_size
         links = store.links
-        first, parents, pblocks = links.linked[slots], links.serial[slots], links.block[slots]
-        lens = upto - first
-        if slots.shape[0] <= builder.FEW_ROWS:  # long runs of few rows: slices of their arenas
-            seqs = [store.seq(s) for s in slots.tolist()]
-            runs = list(zip(seqs, first.tolist(), upto.tolist(), strict=True))
-            blocks = np.concatenate([q.block_ids[a:u] for q, a, u in runs]).astype(np.int64)
-            tokens = np.concatenate([q.prompt[a * bs : u * bs] for q, a, u in runs])
-            tags = np.concatenate([q.tags[a:u] for q, a, u in runs])
-        else:  # many short runs: a few gathers over the store's arenas
-            blocks = store.table.ravel()[spans(slots * store.table.shape[1] + first, lens)]
-            blocks = blocks.astype(np.int64)
-            tokens = store.tokens[spans(store.tok_off[slots] + first * bs, lens * bs)]
-            tags = store.tags[spans(store.tag_off[slots] + first, lens)]
-        tokens = tokens.reshape(-1, bs)
-        last = cache.register_runs(blocks, tokens, tags, lens, parents, pblocks)
-        if last is not None:
-            links.linked[slots] = upto
-            links.serial[slots] = last
-            links.block[slots] = blocks[np.cumsum(lens) - 1]
+        windows = self._token_windows()  # a prompt's blocks: every bs-th item, a view
+        if len(runs) == 1:
+            slot, a, u, parent = runs[0]
+            blocks = store.table[slot, a:u].astype(np.int64)
+            t0 = int(store.tok_off[slot])
+            rows = windows[t0 + a * bs : t0 + u * bs : bs]
+            k0 = int(store.tag_off[slot])
+            tags = store.tags[k0 + a : k0 + u]
+            firsts, parents = [0], [parent]
+        else:
+            table, tok_off, tag_off = store.table, store.tok_off, store.tag_off
+            row_parts, tag_parts, firsts, parents, at = [], [], [], [], 0
+            for s, a, u, p in runs:
+                t0, k0 = int(tok_off[s]), int(tag_off[s])
+                row_parts.append(windows[t0 + a * bs : t0 + u * bs : bs])
+                tag_parts.append(store.tags[k0 + a : k0 + u])
+                firsts.append(at)
+                parents.append(p)
+                at += u - a
+            blocks = np.concatenate([table[s, a:u] for s, a, u, _ in runs], dtype=np.int64)
+            rows = np.concatenate(row_parts)
+            tags = np.concatenate(tag_parts)
+        block = links.block
+        pblocks = [int(block[r[0]]) for r in runs]
+        s0 = self.cache.register_few(blocks, rows, tags, firsts, parents, pblocks)
+        if s0 is not None:
+            linked, serial, end = links.linked, links.serial, 0
+            for slot, a, u, _ in runs:
+                end += u - a
+                linked[slot], serial[slot], block[slot] = u, s0 + end - 1, blocks[end - 1]
             return
+        self._one_by_one([(s, u, u - a) for s, a, u, _ in runs], blocks, rows, tags)
+
+    def _register_many(
+        self, slots: np.ndarray, upto: np.ndarray, first: np.ndarray, parents: np.ndarray
+    ) -> None:
+        """Cache the blocks ``first`` .. ``upto`` - 1 of the requests at ``slots`` (their
+        chains' lengths and last serials ``first``, ``parents``) in whole arrays: one
+        layout of the runs (each block's slot and index in its prompt) serves the
+        gathers of blocks, tags and tokens."""
+        store, bs = self.store, self.block_size
+        links = store.links
+        lens = upto - first
+        ends = lens.cumsum()
+        firsts = ends - lens  # each run's first entry
+        j = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(first - firsts, lens)
+        at = np.repeat(slots, lens)  # each block's slot; j: its index in that prompt
+        table = store.table
+        blocks = table.ravel()[at * table.shape[1] + j].astype(np.int64)
+        tags = store.tags[store.tag_off[at] + j]
+        rows = self._token_windows()[store.tok_off[at] + j * bs]
+        s0 = self.cache.register_many(blocks, rows, tags, firsts, parents, links.block[slots])
+        if s0 is not None:
+            links.linked[slots] = upto
+            links.serial[slots] = ends + (s0 - 1)
+            links.block[slots] = blocks[ends - 1]
+            return
+        runs = zip(slots.tolist(), upto.tolist(), lens.tolist(), strict=True)
+        self._one_by_one(list(runs), blocks, rows, tags)
+
+    def _token_windows(self) -> np.ndarray:
+        """The token arena as overlapping items of ``block_size`` tokens, one starting at
+        each token (``PrefixCache.row_dtype``): a step's blocks of tokens are one gather
+        of whole items. Rebuilt when the store replaces its arena (compaction)."""
+        tokens = self.store.tokens
+        if self._windows_of is not tokens:
+            n = tokens.shape[0] - self.block_size + 1
+            self._windows = np.ndarray(
+                (n,), self.cache.row_dtype, buffer=tokens, strides=(tokens.itemsize,)
+            )
+            self._windows_of = tokens
+        return self._windows
+
+    def _one_by_one(
+        self,
+        runs: list[tuple[int, int, int]],
+        blocks: np.ndarray,
+        rows: np.ndarray,
+        tags: np.ndarray,
+    ) -> None:
+        """The runs (slot, upto, length; their entries of ``blocks`` / ``rows`` /
+        ``tags`` in order) one after another, each in one batch where it can be, else
+        block by block: collisions are resolved there."""
+        cache, bs, store = self.cache, self.block_size, self.store
         lo = 0
-        for s, u, m in zip(slots.tolist(), upto.tolist(), lens.tolist(), strict=True):
+        for s, u, m in runs:
             q = store.seq(s)  # run by run
             one = slice(lo, lo + m)
             lo += m
-            last = cache.register_runs(
-                blocks[one], tokens[one], tags[one], np.array([m]),
-                np.array([q.link_serial]), np.array([q.link_block]),
-            )  # fmt: skip
-            if last is not None:
-                q.num_linked, q.link_serial, q.link_block = u, int(last[0]), int(blocks[one][-1])
+            b = blocks[one]
+            s0 = cache.register_few(b, rows[one], tags[one], [0], [q.link_serial], [q.link_block])
+            if s0 is not None:
+                q.num_linked, q.link_serial, q.link_block = u, s0 + m - 1, int(b[-1])
                 continue
             for j in range(q.num_linked, u):  # block by block: collisions resolved here
                 if q.link_serial == NOT_CACHED:

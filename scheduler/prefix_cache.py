@@ -30,7 +30,9 @@ orphaned: its parent's serial never comes back, so it is never hit again, and a
 recomputed chain may take its key.
 
 What is indexed. Blocks are registered in runs: the blocks one request wrote in one step
-(``register_runs``; ``register`` makes a run of one). Only a run's first block, its head,
+(``register_runs``, or its halves for callers that hold the runs' layout already:
+``register_few``, scalar checks, and ``register_many``, whole-array ones; ``register``
+makes a run of one). Only a run's first block, its head,
 is in the key index (a dict: tag -> head); indexing every block was the largest host cost
 of registration. The rest of a run is reached from the block before it. A log lists every
 full registration in serial order, one batch per registration call, so a run's blocks
@@ -114,8 +116,10 @@ class PrefixCache:
         self.parent = np.zeros(num_blocks, np.int64)  # the registration it follows
         self.filled = np.zeros(num_blocks, np.int32)  # tokens it holds (block_size: full)
         self.tokens = np.zeros((num_blocks, block_size), np.int64)
-        # the same memory, a block's tokens as one item: a bulk write scatters whole rows
-        self._token_rows = self.tokens.view(np.dtype((np.void, 8 * block_size))).reshape(-1)
+        # the same memory, a block's tokens as one item (``row_dtype``): a bulk write
+        # scatters whole rows
+        self.row_dtype = np.dtype((np.void, self.tokens.itemsize * block_size))
+        self._token_rows = self.tokens.view(self.row_dtype).reshape(-1)
         self.next = np.full(num_blocks, -1, np.int64)  # the child registered right after it
         self.tag = np.zeros(num_blocks, np.int64)  # a full block's key tag
         self._by_tag: dict[int, int] = {}  # tag -> run head (a candidate, not a hit)
@@ -344,71 +348,150 @@ class PrefixCache:
         a head may equal its parent's ``next`` child, a block is cached already or a
         parent is gone: the caller then goes block by block (``register``), which
         resolves each case."""
-        if self.state[blocks].any():  # a written block is private: never cached already
-            return None
-        if not self._parents_live(parents, parent_blocks):
-            return None  # a parent is gone
-        tags, by_tag = key_tags(keys), self._by_tag
+        rows = np.ascontiguousarray(tokens, np.int64).view(self.row_dtype).reshape(-1)
+        tags = key_tags(keys)
         ends = lens.cumsum()
         firsts = ends - lens
+        if lens.shape[0] <= FEW_RUNS:
+            s0 = self.register_few(
+                blocks, rows, tags, firsts.tolist(), parents.tolist(), parent_blocks.tolist()
+            )
+        else:
+            s0 = self.register_many(blocks, rows, tags, firsts, parents, parent_blocks)
+        return None if s0 is None else ends + (s0 - 1)
+
+    def register_few(
+        self,
+        blocks: np.ndarray,
+        rows: np.ndarray,
+        tags: np.ndarray,
+        firsts: list[int],
+        parents: list[int],
+        parent_blocks: list[int],
+    ) -> int | None:
+        """``register_runs`` for a few runs, their heads' positions in ``blocks``
+        (``firsts``), parents and parent blocks given as lists: each head is checked in
+        scalars. ``blocks`` int64; ``rows``: the blocks' tokens as items of
+        ``row_dtype``; ``tags`` their key tags. Returns the first serial (run i's blocks
+        take consecutive serials from there, in ``blocks``' order), or None as
+        ``register_runs``: nothing registered."""
+        state, serial = self.state, self.serial
+        if np.count_nonzero(state[blocks]):  # a written block is private: never cached
+            return None
+        for p, pb in zip(parents, parent_blocks, strict=True):
+            if p != ROOT and (pb < 0 or serial[pb] != p or state[pb] != FULL):
+                return None  # a parent is gone
         # Only heads can meet what is cached: a later block's parent is a registration
         # made below, so nothing cached shares its parent (no equal block, no sibling)
         # and it needs no key check; match reaches it through the log, not the index.
-        heads, head_tags = blocks[firsts], tags[firsts]
-        listed = head_tags.tolist()
-        if not by_tag.keys().isdisjoint(listed):
-            return None  # a head's key is taken
-        if self._equal_child_may_exist(head_tags, parents, parent_blocks):
+        by_tag = self._by_tag
+        head_tags = [int(tags[f]) for f in firsts]
+        for t in head_tags:
+            if t in by_tag:
+                return None  # a head's key is taken
+        if len(head_tags) > 1 and len(set(head_tags)) < len(head_tags):
+            return None  # a head's key repeated
+        for t, p, pb in zip(head_tags, parents, parent_blocks, strict=True):
+            if pb >= 0 and self._next_child(p, pb, t) >= 0:
+                return None  # that child may hold the same tokens: ``register`` dedupes
+        heads = [int(blocks[f]) for f in firsts]
+        by_tag.update(zip(head_tags, heads, strict=True))
+        s0 = self._next_serial
+        ser = np.arange(s0, s0 + blocks.shape[0], dtype=np.int64)
+        serial[blocks] = ser
+        parent = self.parent
+        parent[blocks[1:]] = ser[:-1]  # the block before's, but for the heads':
+        for b, p in zip(heads, parents, strict=True):
+            parent[b] = p
+        self._write_runs(blocks, rows, tags, s0)
+        if len(heads) <= FEW_RUNS:  # one after another: runs sharing a parent all kept
+            for p, pb, b in zip(parents, parent_blocks, heads, strict=True):
+                if pb >= 0:
+                    self._add_child(p, pb, b)
+        else:
+            self._index_heads(np.array(parents), np.array(parent_blocks), np.array(heads))
+        return s0
+
+    def register_many(
+        self,
+        blocks: np.ndarray,
+        rows: np.ndarray,
+        tags: np.ndarray,
+        firsts: np.ndarray,
+        parents: np.ndarray,
+        parent_blocks: np.ndarray,
+    ) -> int | None:
+        """``register_few`` for many runs, given as arrays: the heads are checked in
+        whole-array operations; runs that all start at the root (a step's first chunks)
+        skip the checks that look at parent blocks."""
+        # (count_nonzero: cheaper than any / all reductions; only heads are checked, as
+        # in register_few)
+        if np.count_nonzero(self.state[blocks]):  # a written block is private: never cached
             return None
+        heads, head_tags = blocks[firsts], tags[firsts]
+        inner = parent_blocks >= 0
+        n_inner = np.count_nonzero(inner)
+        nb = None
+        if n_inner:  # some run continues a cached chain
+            held = self._parents_held(parents, parent_blocks, inner)
+            if held < 0:
+                return None  # a parent is gone
+            nb = self.next[parent_blocks]
+            if self._equal_child_may_exist(head_tags, parents, nb, inner):
+                return None
+            if not held:  # a parent block may be among ``blocks``: its ``next`` changes
+                nb = None
+        elif np.count_nonzero(parents):  # (ROOT is 0) a parent without a block holding it
+            return None  # is gone
+        by_tag = self._by_tag
+        listed = head_tags.tolist()
+        if by_tag and not by_tag.keys().isdisjoint(listed):
+            return None  # a head's key is taken
         before = len(by_tag)
         by_tag.update(zip(listed, heads.tolist(), strict=True))  # C-level: no per-run Python
         if len(by_tag) != before + len(listed):  # a head's key repeated: undo (all were new)
             for t in listed:
                 by_tag.pop(t, None)
             return None
-        total = blocks.shape[0]
         s0 = self._next_serial
-        serials = np.arange(s0, s0 + total, dtype=np.int64)
-        self.serial[blocks] = serials
-        serials -= 1  # now each block's parent, but for the heads'
-        serials[firsts] = parents
-        self.parent[blocks] = serials
+        ser = np.arange(s0, s0 + blocks.shape[0], dtype=np.int64)
+        self.serial[blocks] = ser
+        self.parent[blocks[1:]] = ser[:-1]  # the block before's, but for the heads':
+        self.parent[heads] = parents
+        self._write_runs(blocks, rows, tags, s0)
+        if n_inner:  # (runs from the root have no parent block to index under)
+            self._index_heads(parents, parent_blocks, heads, inner, n_inner, nb)
+        return s0
+
+    def _write_runs(self, blocks: np.ndarray, rows: np.ndarray, tags: np.ndarray, s0: int) -> None:
+        """The rest of a batch registration, serials ``s0``, ``s0 + 1``, ... (their
+        ``serial`` and ``parent`` are written): bulk writes and the log."""
+        total = blocks.shape[0]
         self.state[blocks] = FULL
         self.filled[blocks] = self.block_size
-        if tokens.dtype == np.int64 and tokens.flags.c_contiguous:  # rows as single items:
-            self._token_rows[blocks] = tokens.view(self._token_rows.dtype).reshape(-1)  # faster
-        else:
-            self.tokens[blocks] = tokens
+        self._token_rows[blocks] = rows
         self.tag[blocks] = tags
         self.next[blocks[:-1]] = blocks[1:]  # across runs too: checked by parent on use
         self.next[blocks[-1]] = -1
         at = self._log_add(s0, total)
         self._log[at : at + total] = blocks
-        self._index_heads(parents, parent_blocks, heads)
         self._next_serial = s0 + total
         self._count += total
         self.generation += 1
-        return ends + (s0 - 1)
 
     def _equal_child_may_exist(
-        self, head_tags: np.ndarray, parents: np.ndarray, parent_blocks: np.ndarray
+        self, head_tags: np.ndarray, parents: np.ndarray, nb: np.ndarray, inner: np.ndarray
     ) -> bool:
-        """Some run head has the tag of its parent block's ``next`` child: that child
-        (a later block of a run, not indexed) may hold the same tokens, which
-        ``register`` then returns instead (no duplicate)."""
-        if parents.shape[0] <= FEW_RUNS:
-            for t, p, pb in zip(
-                head_tags.tolist(), parents.tolist(), parent_blocks.tolist(), strict=True
-            ):
-                if pb >= 0 and self._next_child(p, pb, t) >= 0:
-                    return True
-            return False
-        nb = self.next[parent_blocks]  # -1 reads the last entry: masked below
-        kid = (self.tag[nb] == head_tags) & (parent_blocks >= 0)
-        if not kid.any():  # the usual case: no equal tag
+        """Some run head has the tag of its parent block's ``next`` child (``nb``: the
+        parent blocks' ``next``; ``inner``: the parent block is not -1): that child (a
+        later block of a run, not indexed) may hold the same tokens, which ``register``
+        then returns instead (no duplicate)."""
+        # where the parent block is -1, nb read the last block's ``next``: masked by inner
+        kid = (self.tag[nb] == head_tags) & inner
+        if not np.count_nonzero(kid):  # the usual case: no equal tag
             return False
         kid &= (nb >= 0) & (self.state[nb] == FULL) & (self.parent[nb] == parents)
-        return bool(kid.any())
+        return bool(np.count_nonzero(kid))
 
     def _log_add(self, s0: int, n: int) -> int:
         """A new batch of ``n`` log entries for serials ``s0``, ``s0 + 1``, ...; returns
@@ -453,10 +536,18 @@ class PrefixCache:
         self._log_len = m
 
     def _index_heads(
-        self, parents: np.ndarray, parent_blocks: np.ndarray, heads: np.ndarray
+        self,
+        parents: np.ndarray,
+        parent_blocks: np.ndarray,
+        heads: np.ndarray,
+        inner: np.ndarray | None = None,
+        n_inner: int = -1,
+        nb: np.ndarray | None = None,
     ) -> None:
         """Index each run's first block under its parent block: as its ``next`` where
-        that has no live child yet, else under (parent, first token)."""
+        that has no live child yet, else under (parent, first token). If known:
+        ``inner``, parent_blocks >= 0, and ``n_inner`` its count; ``nb``, the parent
+        blocks' ``next``."""
         if parents.shape[0] <= FEW_RUNS:  # one after another: runs sharing a parent all kept
             for p, pb, b in zip(
                 parents.tolist(), parent_blocks.tolist(), heads.tolist(), strict=True
@@ -464,27 +555,64 @@ class PrefixCache:
                 if pb >= 0:
                     self._add_child(p, pb, b)
             return
-        inner = parent_blocks >= 0
-        if inner.any():  # many runs: vectorised
+        if inner is None:
+            inner = parent_blocks >= 0
+            n_inner = np.count_nonzero(inner)
+        if n_inner == inner.shape[0]:  # many runs: vectorised
+            pbi, first, par = parent_blocks, heads, parents
+            if nb is None:
+                nb = self.next[pbi]
+        elif n_inner:
             pbi, first, par = parent_blocks[inner], heads[inner], parents[inner]
-            nb = self.next[pbi]
-            nbc = np.maximum(nb, 0)
-            taken = (nb >= 0) & (self.state[nbc] != NONE) & (self.parent[nbc] == par)
+            nb = self.next[pbi] if nb is None else nb[inner]
+        else:
+            return
+        nbc = np.maximum(nb, 0)
+        taken = (nb >= 0) & (self.state[nbc] != NONE) & (self.parent[nbc] == par)
+        n_taken = np.count_nonzero(taken)
+        if not n_taken:
+            self.next[pbi] = first
+            return
+        if n_taken < taken.shape[0]:
             self.next[pbi[~taken]] = first[~taken]
-            for p, b in zip(par[taken].tolist(), first[taken].tolist(), strict=True):
-                self._add_child(p, -1, b)
+            par, first = par[taken], first[taken]
+        self._add_children(par, first)
 
-    def _parents_live(self, parents: np.ndarray, parent_blocks: np.ndarray) -> bool:
-        """Every parent registration is the root or still held by its block."""
-        if parents.shape[0] <= FEW_RUNS:
-            serial, state = self.serial, self.state
-            for p, pb in zip(parents.tolist(), parent_blocks.tolist(), strict=True):
-                if p != ROOT and (pb < 0 or serial[pb] != p or state[pb] != FULL):
-                    return False
-            return True
+    def _add_children(self, parents: np.ndarray, blocks: np.ndarray) -> None:
+        """``_add_child(parents[i], -1, blocks[i])`` for each i, in order: under
+        (parent, first token)."""
+        children, limit, n = self._children, 2 * self.num_blocks, self._indexed
+        keys = zip(parents.tolist(), self.tokens[blocks, 0].tolist(), strict=True)
+        if n + blocks.shape[0] <= limit:  # the usual case: no pruning on the way
+            for key, b in zip(keys, blocks.tolist(), strict=True):
+                kids = children.get(key)
+                if kids is None:
+                    children[key] = [b]
+                else:
+                    kids.append(b)
+            self._indexed = n + blocks.shape[0]
+            return
+        for key, b in zip(keys, blocks.tolist(), strict=True):
+            children.setdefault(key, []).append(b)
+            n += 1
+            if n > limit:  # amortised: entries of evicted blocks go
+                self._indexed = n
+                self._prune_children()
+                children, n = self._children, 0
+        self._indexed = n
+
+    def _parents_held(
+        self, parents: np.ndarray, parent_blocks: np.ndarray, inner: np.ndarray
+    ) -> int:
+        """1 if every parent registration is held by its block (so every parent block
+        is cached), 0 if every one is that or the root, else -1: a parent is gone.
+        ``inner``: parent_blocks >= 0."""
         pb = parent_blocks  # -1 reads the last entry: masked below
-        live = (self.serial[pb] == parents) & (self.state[pb] == FULL) & (pb >= 0)
-        return bool((live | (parents == ROOT)).all())
+        live = (self.serial[pb] == parents) & (self.state[pb] == FULL) & inner
+        n = live.shape[0]
+        if np.count_nonzero(live) == n:
+            return 1
+        return 0 if np.count_nonzero(live | (parents == ROOT)) == n else -1
 
     def register(
         self, block: int, parent: int, parent_block: int, key: bytes | int, tokens: np.ndarray

@@ -1,6 +1,11 @@
 """The full blocks that rows of issued steps are computing, by key tag -> the step
 (``PrefillScheduler._pick``: a request whose next block is among them waits for it).
 
+A step's blocks are listed only once a later ``schedule`` runs while that step is still
+outstanding (``defer``, then ``settle``): an engine that retires each step before it
+schedules the next never pays for the index, and the rows of one step see each other's
+blocks through the picking loop's own set.
+
 A short chunk's tags go into a dict, one entry each; a long chunk's (hundreds of blocks)
 are one array copy into a flat list that a lookup scans. Lookups come once per row, so
 many short rows cost a dict probe each, and the few rows of long chunks a scan of a few
@@ -26,6 +31,31 @@ class Pending:
         self.n = 0  # tags in the array (long chunks)
         self._scanned: dict[int, int | None] = {}  # tag -> what the list says of it
         self._mark = np.zeros(1 << MARK_BITS, bool)  # low bits of the listed tags
+        self._deferred: dict[int, list[np.ndarray]] = {}  # step -> its chunks' tags
+
+    def defer(self, step: int, tags: list[np.ndarray]) -> None:
+        """``step``'s chunks complete the blocks of ``tags`` (arrays, not copied: views
+        of the store's arena, which never changes a tag in place); listed by ``settle``
+        if a later schedule runs while the step is outstanding."""
+        if tags:
+            self._deferred[step] = tags
+
+    def settle(self, outstanding) -> None:
+        """List the deferred blocks of the steps still in ``outstanding``; forget the
+        rest (retired)."""
+        deferred, self._deferred = self._deferred, {}
+        for step, chunks in deferred.items():
+            if step not in outstanding:
+                continue
+            for tags in chunks:
+                if tags.shape[0] > LONG:
+                    self.add(tags, step)
+                else:
+                    self._few.update(dict.fromkeys(tags.tolist(), step))
+
+    @property
+    def deferred(self) -> bool:
+        return bool(self._deferred)
 
     def __bool__(self) -> bool:
         return bool(self._few) or self.n > 0
@@ -52,15 +82,6 @@ class Pending:
         self._mark[tags & _MARK_MASK] = True
         self.n = n + k
 
-    def add_step(self, tags: np.ndarray, listed: list[int], step: int) -> None:
-        """The blocks of ``tags`` (``listed``: the same as ints; every chunk of one step,
-        row by row) are computed by ``step``: a dict entry each for many short chunks
-        (one C-level update), one array copy for long ones."""
-        if tags.shape[0] > 1024:
-            self.add(tags, step)
-        else:
-            self._few.update(dict.fromkeys(listed, step))
-
     def may_hold(self, tags: np.ndarray) -> bool:
         """Whether some of ``tags`` may be listed (False: none is; True may be wrong)."""
         if self._few and not self._few.keys().isdisjoint(tags.tolist()):
@@ -85,6 +106,7 @@ class Pending:
         return s
 
     def clear(self) -> None:
+        self._deferred.clear()
         self._few.clear()
         self._scanned.clear()
         self._mark[self._tags[: self.n] & _MARK_MASK] = False

@@ -192,10 +192,14 @@ class PrefillScheduler:
         cache = self.blocks.cache
         wait = cache is not None and self.config.wait_for_prefix
         pending, outstanding = self._pending, self._outstanding
-        if pending and not outstanding:
-            pending.clear()  # every step that was computing them is retired
-        elif len(pending) > self._pending_cap:  # steps kept in flight: drop retired ones
-            pending.keep(outstanding)
+        if not outstanding:
+            if pending or pending.deferred:
+                pending.clear()  # every step that was computing them is retired
+        else:
+            if pending.deferred:  # steps in flight: their blocks are listed now
+                pending.settle(outstanding)
+            if len(pending) > self._pending_cap:  # drop retired ones
+                pending.keep(outstanding)
         slots, starts, counts, copies, waited = self._pick(wait)
         if not slots.shape[0] and waited:  # nothing else to run: waiting would leave it empty
             slots, starts, counts, copies, _ = self._pick(False)
@@ -313,7 +317,7 @@ class PrefillScheduler:
                 if _nz(~own[has_next]) and not set(listed).isdisjoint(nxt.tolist()):
                     return False
         if listed:
-            self._pending.add_step(done, listed, self._steps)
+            self._pending.defer(self._steps, [done])
         return True
 
     def _pick_rows(self, q: np.ndarray, wait: bool):
@@ -336,6 +340,12 @@ class PrefillScheduler:
         copies: list[tuple[int, int, int]] = []
         waited = False
         rematch = Rematch(self) if cache is not None else None
+        # this step's chunks' full blocks (request, first, end), and as a set of tags
+        # once a later row asks (up to ``built`` of them)
+        done: list[tuple[Sequence, int, int]] = []
+        mine: set[int] = set()
+        longs: list[tuple[list[int], int, int]] = []
+        built = 0
         for slot in map(int, q):  # (lazily: it stops once the budget is spent)
             seq = store.seq(slot)
             start = int(scheduled[slot])
@@ -346,14 +356,35 @@ class PrefillScheduler:
             if rematch is not None and start == k * bs:
                 # first scheduled (or again, after a step that did not run): match again
                 if matched[slot] != generation:
-                    rematch(seq)
-                    start = int(scheduled[slot])
-                    left = seq.prompt_len - start
-                    k = int(shared[slot])
-                if wait and (few or pending.n) and k < len(seq.tag_list):
-                    tag = seq.tag_list[k]  # no call when only short chunks are pending
-                    s = pending.get(tag) if pending.n else few.get(tag)
-                    if s is not None and (s == step or s in outstanding):
+                    most = (seq.prompt_len - 1) // bs  # rematch needs a block left
+                    if k < most and cache.holds(
+                        seq.tag_list[k], int(links.serial[slot]), int(links.block[slot])
+                    ):
+                        rematch(seq)
+                        start = int(scheduled[slot])
+                        left = seq.prompt_len - start
+                        k = int(shared[slot])
+                    else:  # the common miss: its next block is not cached
+                        matched[slot] = generation
+                if wait and k < len(seq.tag_list):
+                    tag = seq.tag_list[k]
+                    hit = False
+                    if few or pending.n:  # an issued step's block (no call when few)
+                        s = pending.get(tag) if pending.n else few.get(tag)
+                        hit = s is not None and s in outstanding
+                    if not hit and built < len(done):  # an earlier row's of this step
+                        for q_, a_, b_ in done[built:]:
+                            if b_ - a_ <= LONG:
+                                mine.update(q_.tag_list[a_:b_])
+                            else:  # a long chunk: scanned (no set of hundreds)
+                                longs.append((q_.tag_list, a_, b_))
+                        built = len(done)
+                    if not hit and longs:
+                        for lst, a_, b_ in longs:
+                            if tag in lst[a_:b_]:
+                                hit = True
+                                break
+                    if hit or tag in mine:
                         waited = True  # an earlier row is computing its next block
                         continue
                 if copy_room and left > 1 and seq.copy_src < 0 and (k or roots):
@@ -375,16 +406,15 @@ class PrefillScheduler:
             counts.append(n)
             if wait:  # the full blocks this chunk completes
                 a, b = start // bs, (start + n) // bs
-                if b - a > LONG:
-                    pending.add(seq.tags[a:b], step)
-                else:  # a short chunk: a few dict entries
-                    for tag in seq.tag_list[a:b]:
-                        few[tag] = step
+                if b > a:
+                    done.append((seq, a, b))
             budget -= n
             if budget == 0 or len(slots) == max_rows:
                 break
         if rematch is not None:
             rematch.settle()
+        if done:
+            pending.defer(step, [q_.tags[a_:b_] for q_, a_, b_ in done])
         i64 = np.int64
         return np.array(slots, i64), np.array(starts, i64), np.array(counts, i64), copies, waited
 

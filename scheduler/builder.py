@@ -200,9 +200,20 @@ def _few_rows(
         o = offsets[i] + s
         ids[q : q + c] = tok[o : o + c]
         lo, hi = s // bs, (s + c - 1) // bs + 1  # the blocks the chunk writes
-        cells = row[lo:hi].astype(np.int64) * bs
-        cells = (cells[:, None] + in_block).ravel()
-        slot_map[q : q + c] = cells[s - lo * bs : s - lo * bs + c]
+        head = s - lo * bs  # slots of its first block before the chunk
+        m = 0
+        if head:  # a first, partly written block
+            m = min(bs - head, c)
+            slot_map[q : q + m] = int(row[lo]) * bs + in_block[head : head + m]
+            lo += 1
+        full = (c - m) // bs  # whole blocks after it
+        if full:  # whole blocks: each block's slots written in place, broadcast
+            out = slot_map[q + m : q + m + full * bs].reshape(full, bs)
+            np.add(np.multiply(row[lo : lo + full, None], bs, dtype=np.int64), in_block, out=out)
+        tail = c - m - full * bs
+        if tail > 0:  # a last, partly written block
+            at = q + c - tail
+            slot_map[at : q + c] = int(row[lo + full]) * bs + in_block[:tail]
         q += c
 
 

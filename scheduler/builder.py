@@ -199,7 +199,7 @@ def _few_rows(
         pos[q : q + c] = ar[s : s + c]
         o = offsets[i] + s
         ids[q : q + c] = tok[o : o + c]
-        lo, hi = s // bs, (s + c - 1) // bs + 1  # the blocks the chunk writes
+        lo = s // bs  # the chunk's first block
         head = s - lo * bs  # slots of its first block before the chunk
         m = 0
         if head:  # a first, partly written block

@@ -16,6 +16,8 @@ for the same block).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 LONG = 8  # a chunk of more blocks than this is stored as an array
@@ -31,14 +33,14 @@ class Pending:
         self.n = 0  # tags in the array (long chunks)
         self._scanned: dict[int, int | None] = {}  # tag -> what the list says of it
         self._mark = np.zeros(1 << MARK_BITS, bool)  # low bits of the listed tags
-        self._deferred: dict[int, list[np.ndarray]] = {}  # step -> its chunks' tags
+        # step -> what gives its chunks' tags, called only if the step is still in flight
+        self._deferred: dict[int, Callable[[], list[np.ndarray]]] = {}
 
-    def defer(self, step: int, tags: list[np.ndarray]) -> None:
-        """``step``'s chunks complete the blocks of ``tags`` (arrays, not copied: views
-        of the store's arena, which never changes a tag in place); listed by ``settle``
-        if a later schedule runs while the step is outstanding."""
-        if tags:
-            self._deferred[step] = tags
+    def defer(self, step: int, tags: Callable[[], list[np.ndarray]]) -> None:
+        """``step``'s chunks complete the blocks whose tags ``tags()`` returns (arrays
+        from the store's arena, which never changes a tag in place); listed by
+        ``settle`` if a later schedule runs while the step is outstanding."""
+        self._deferred[step] = tags
 
     def settle(self, outstanding) -> None:
         """List the deferred blocks of the steps still in ``outstanding``; forget the
@@ -47,7 +49,7 @@ class Pending:
         for step, chunks in deferred.items():
             if step not in outstanding:
                 continue
-            for tags in chunks:
+            for tags in chunks():
                 if tags.shape[0] > LONG:
                     self.add(tags, step)
                 else:

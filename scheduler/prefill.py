@@ -259,7 +259,7 @@ class PrefillScheduler:
         total = list(accumulate(lefts))  # tokens of the rows up to each
         # rows with budget left before them: the first, and each after a total < budget
         k = min(bisect_left(total, budget) + 1, len(lefts), max_rows)
-        slots, starts = q[:k], start[:k]
+        slots, starts = q[:k].copy(), start[:k]  # (q views the queue: it changes)
         counts = np.array(lefts[:k], np.int64)
         if total[k - 1] > budget:
             counts[-1] -= total[k - 1] - budget
@@ -300,8 +300,7 @@ class PrefillScheduler:
         if not wait:
             return True
         a = starts // bs
-        done = store.tags[spans(store.tag_off[slots] + a, (starts + counts) // bs - a)]
-        listed = done.tolist()  # the full blocks this step completes, in row order
+        b = (starts + counts) // bs
         if fresh is not None:
             k = links.shared[fresh]
             has_next = k < store.prompt_len[fresh] // bs
@@ -309,15 +308,24 @@ class PrefillScheduler:
                 nxt = store.tags[store.tag_off[fresh[has_next]] + k[has_next]]
                 if self._pending and self._pending.may_hold(nxt):
                     return False  # an issued step may be computing one of them
-                if len(set(listed)) < len(listed):
-                    return False  # two rows complete an equal block: one may wait
-                # with no block completed twice, a row's next block is another row's
-                # only if the row does not complete it itself: its chunk is too short
-                own = (starts[first] + counts[first]) // bs > k
-                if _nz(~own[has_next]) and not set(listed).isdisjoint(nxt.tolist()):
-                    return False
-        if listed:
-            self._pending.defer(self._steps, [done])
+                if fresh.shape[0] == slots.shape[0] and not _nz(k):
+                    # every row starts its prompt: two rows complete an equal block
+                    # only if their first blocks are equal (keys chain the prefix)
+                    heads = nxt.tolist()
+                    if len(set(heads)) < len(heads):
+                        return False
+                else:
+                    listed = store.tags[spans(store.tag_off[slots] + a, b - a)].tolist()
+                    if len(set(listed)) < len(listed):
+                        return False  # two rows complete an equal block: one may wait
+                    # with no block completed twice, a row's next block is another
+                    # row's only if the row does not complete it itself (too short)
+                    own = b[first] > k
+                    if _nz(~own[has_next]) and not set(listed).isdisjoint(nxt.tolist()):
+                        return False
+        if _nz(b > a):  # the blocks it completes are listed if a later step asks
+            tag_off = store.tag_off
+            self._pending.defer(self._steps, lambda: [store.tags[spans(tag_off[slots] + a, b - a)]])
         return True
 
     def _pick_rows(self, q: np.ndarray, wait: bool):
@@ -414,7 +422,7 @@ class PrefillScheduler:
         if rematch is not None:
             rematch.settle()
         if done:
-            pending.defer(step, [q_.tags[a_:b_] for q_, a_, b_ in done])
+            pending.defer(step, lambda: [q_.tags[a_:b_] for q_, a_, b_ in done])
         i64 = np.int64
         return np.array(slots, i64), np.array(starts, i64), np.array(counts, i64), copies, waited
 

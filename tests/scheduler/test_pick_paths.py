@@ -200,3 +200,23 @@ def _mark(seen: dict[str, int], picked):
     if picked[3]:
         seen["copied"] = seen.get("copied", 0) + 1
     return picked
+
+
+def test_a_step_keeps_its_rows_when_the_queue_is_compacted(monkeypatch):
+    """A step's rows are its own: aborting one of them and admitting another (which
+    compacts the queue of prefilling requests) must not change which slots the step
+    retires."""
+    monkeypatch.setattr(builder, "FEW_ROWS", 0)  # the whole-array picking
+    cfg = dataclasses.replace(BASE, enable_prefix_caching=False)
+    s = PrefillScheduler(cfg)
+    for i in range(3):
+        s.add_request(Request(f"r{i}", [1 + i, 2, 3, 4, 5]))
+    d = s.schedule()
+    assert d.request_ids == ("r0", "r1", "r2")
+    s.abort("r0")
+    s.add_request(Request("late", [9, 9, 9]))  # takes r0's slot, compacts the queue
+    d.mark_executed()
+    moved = s.update(d, [7, 8, 9])
+    assert sorted(moved) == ["r1", "r2"]
+    assert s.first_token("r1") == 8 and s.first_token("r2") == 9
+    assert s.state_of("late").value == "prefilling" and s.first_token("late") is None

@@ -324,8 +324,8 @@ class PrefillScheduler:
                     if _nz(~own[has_next]) and not set(listed).isdisjoint(nxt.tolist()):
                         return False
         if _nz(b > a):  # the blocks it completes are listed if a later step asks
-            tag_off = store.tag_off
-            self._pending.defer(self._steps, lambda: [store.tags[spans(tag_off[slots] + a, b - a)]])
+            at, arena = store.tag_off[slots] + a, store.tags  # (as of now: slots get reused)
+            self._pending.defer(self._steps, lambda: [arena[spans(at, b - a)]])
         return True
 
     def _pick_rows(self, q: np.ndarray, wait: bool):

@@ -228,37 +228,58 @@ class GraphExecutor:
         """Refuse a descriptor before any buffer is touched: DescriptorError for a bad
         value or one built for another configuration, StaleDescriptor for one that is
         not a current step of its scheduler. A step exactly as its scheduler issued it
-        (``issued_intact``: same arrays, same bytes) is valid by construction and skips
-        the full validation; anything else -- edited, hand-built -- gets it."""
+        (``issued_seal``: same arrays, same bytes) is valid by construction and skips
+        the full validation; anything else -- edited, hand-built -- gets it. Such a step
+        also skips what was already proven: the configuration check once its layout and
+        scalars passed it, and the second byte compare of its record check (the seal
+        vouches for the descriptor it just proved, in this thread, for that call)."""
         if not isinstance(d, BatchDescriptor):
             raise TypeError(f"execute() takes a BatchDescriptor, got {type(d).__name__}")
-        if not d.issued_intact():
+        seal = d.issued_seal()
+        if seal is None:
             d.validate()
         cfg = self.config
-        for name, want, got in (
-            ("block_size", cfg.block_size, d.block_size),
-            ("num_kv_blocks", cfg.num_kv_blocks, d.num_kv_blocks),
-            ("vocab_size", cfg.vocab_size, d.vocab_size),
-            ("max_model_len", cfg.max_model_len, d.max_model_len),
-            ("seq_lens", cfg.max_num_seqs, d.seq_capacity),
-            ("block_tables", cfg.max_blocks_per_seq, d.block_tables.shape[1]),
-            ("copy_src_slots", cfg.max_copy_slots, d.copy_capacity),
-        ):
-            if got != want:
+        # a step as issued, of a layout and configuration this executor accepted before,
+        # has the same shapes and values: they need no second look
+        accepted = self.__dict__.get("_accepted_seal")
+        if seal is None or accepted is None or accepted[0] is not cfg or accepted[1] != seal.key:
+            for name, want, got in (
+                ("block_size", cfg.block_size, d.block_size),
+                ("num_kv_blocks", cfg.num_kv_blocks, d.num_kv_blocks),
+                ("vocab_size", cfg.vocab_size, d.vocab_size),
+                ("max_model_len", cfg.max_model_len, d.max_model_len),
+                ("seq_lens", cfg.max_num_seqs, d.seq_capacity),
+                ("block_tables", cfg.max_blocks_per_seq, d.block_tables.shape[1]),
+                ("copy_src_slots", cfg.max_copy_slots, d.copy_capacity),
+            ):
+                if got != want:
+                    raise DescriptorError(
+                        name, 0, f"descriptor built for {got}, this executor's config has {want}"
+                    )
+            if d.token_capacity not in cfg.buckets:
                 raise DescriptorError(
-                    name, 0, f"descriptor built for {got}, this executor's config has {want}"
+                    "input_ids",
+                    0,
+                    f"token capacity {d.token_capacity} is not a bucket {cfg.buckets}",
                 )
-        if d.token_capacity not in cfg.buckets:
-            raise DescriptorError(
-                "input_ids", 0, f"token capacity {d.token_capacity} is not a bucket {cfg.buckets}"
-            )
-        if not self._copies and np.count_nonzero(d.copy_lens):
+            if seal is not None:
+                self._accepted_seal = (cfg, seal.key)
+        if not self._copies and (
+            seal.copies() if seal is not None else np.count_nonzero(d.copy_lens)
+        ):
             r = int(np.flatnonzero(d.copy_lens)[0])
             why = "has no prefix cache" if not cfg.enable_prefix_caching else "has no kv_caches()"
             raise DescriptorError(
                 "copy_lens", r, f"a sub-block copy, but this executor's model {why} to copy in"
             )
-        d.check_current()
+        if seal is None or type(d) is not BatchDescriptor:
+            d.check_current()
+            return
+        seal.vouch(d)  # proven intact just now: the record check needs no second proof
+        try:
+            d.check_current()
+        finally:
+            seal.vouch(None)
 
     def execute(
         self, descriptor: BatchDescriptor, while_running: Callable[[], None] | None = None

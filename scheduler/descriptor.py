@@ -14,6 +14,7 @@ from .fields import FIELD_DTYPES as FIELD_DTYPES  # re-exported: views of the fi
 from .fields import FIELDS
 from .fields import PAD_VALUES as PAD_VALUES
 from .fields import TOKEN_FIELDS as TOKEN_FIELDS
+from .packed import Seal
 from .steps import Origin as _ORIGIN  # the scheduler's: the only origin trusted to vouch
 from .validation import out_of_range_rows, validate_descriptor
 
@@ -82,7 +83,17 @@ class BatchDescriptor:
         descriptor built by hand, edited in any way, retired or foreign -- which
         ``validate()`` must check in full."""
         o = self.origin
-        return isinstance(o, _ORIGIN) and o.intact(self)
+        return type(o) is _ORIGIN and bool(o.intact(self))  # (not a subclass's override)
+
+    def issued_seal(self) -> Seal | None:
+        """``issued_intact()`` for the executor: the scheduler's ``packed.Seal`` of this
+        step if the descriptor is exactly as issued (what its configuration check reads,
+        whether it copies, ``vouch``), else None."""
+        o = self.origin
+        if type(o) is not _ORIGIN:
+            return None
+        seal = o.intact(self)
+        return seal if type(seal) is Seal else None
 
     def mark_executed(self) -> None:
         """Tell the scheduler that issued this step that it ran: its KV is written.

@@ -57,18 +57,16 @@ class StepRecord:
     ) -> StepRecord:
         """The rows of a freshly built descriptor: views of the seal's private copy of
         its bytes (the descriptor itself is the caller's)."""
-        n = d.num_seqs
-        copy_lens = seal.issued("copy_lens", n)
-        k = copied  # slots copied: sum(copy_lens)
+        ends, starts, copy_lens, finishes, src, dst = seal.issued_rows(d.num_seqs, copied)
         return cls(
             d.request_ids,
             d.arrivals,
-            seal.issued("context_lens", n),
-            seal.issued("seq_lens", n),
-            seal.issued("sample_mask", n),
+            starts,
+            ends,
+            finishes,
             copy_lens,
-            seal.issued("copy_src_slots", k),
-            seal.issued("copy_dst_slots", k),
+            src,
+            dst,
             slots,
             incarnations,
             epoch,
@@ -83,7 +81,12 @@ class StepRecord:
     def mismatch(self, d: BatchDescriptor) -> DescriptorError | None:
         """The first way ``d``'s rows differ from what was issued (None: they do not)."""
         n = len(self.request_ids)
-        if d.request_ids != self.request_ids or d.arrivals != self.arrivals or d.num_seqs != n:
+        ids, arrivals = d.request_ids, d.arrivals  # (the issued tuples: compared by identity)
+        if (
+            (ids is not self.request_ids and ids != self.request_ids)
+            or (arrivals is not self.arrivals and arrivals != self.arrivals)
+            or d.num_seqs != n
+        ):
             return DescriptorError("request_ids", 0, f"not the rows step {d.step} was issued with")
         if self.seal is not None and self.seal.rows_intact(d):
             return None  # the issued arrays, their bytes unchanged
@@ -150,8 +153,9 @@ class Origin:
             raise StaleDescriptor(f"the scheduler {d.scheduler_id!r} that issued it is gone")
         s.check_current(d)
 
-    def intact(self, d: BatchDescriptor) -> bool:
-        """``d`` is a current step of the live scheduler, exactly as it was issued."""
+    def intact(self, d: BatchDescriptor) -> Seal | bool | None:
+        """``d`` is a current step of the live scheduler, exactly as it was issued: its
+        ``Seal`` (true) if so (``Seal.intact``, passed through), else false."""
         s = self._ref()
         return s is not None and s._intact(d)
 

@@ -108,11 +108,14 @@ class Pending:
         return s
 
     def clear(self) -> None:
-        self._deferred.clear()
-        self._few.clear()
+        if self._deferred:
+            self._deferred = {}
+        if self._few:
+            self._few.clear()
         self._scanned.clear()
-        self._mark[self._tags[: self.n] & _MARK_MASK] = False
-        self.n = 0
+        if self.n:
+            self._mark[self._tags[: self.n] & _MARK_MASK] = False
+            self.n = 0
 
     def keep(self, steps: dict) -> None:
         """Drop the blocks of steps not in ``steps`` (retired ones)."""

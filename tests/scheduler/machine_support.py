@@ -62,8 +62,9 @@ def executor():
     return _executor
 
 
-def full_state(s: PrefillScheduler) -> tuple:
-    seqs = tuple(
+def request_states(s: PrefillScheduler) -> tuple:
+    """Every admitted request's scheduler-side state, in admission order."""
+    return tuple(
         (
             rid,
             q.state,
@@ -77,6 +78,10 @@ def full_state(s: PrefillScheduler) -> tuple:
         )  # fmt: skip
         for rid, q in s._seqs.items()
     )
+
+
+def full_state(s: PrefillScheduler) -> tuple:
+    seqs = request_states(s)
     steps = tuple((k, r.executed) for k, r in s._outstanding.items())
     refs = tuple(s.blocks._ref)
     return seqs, tuple(s.blocks._free), refs, steps, s._steps, s._arrivals, cached(s)

@@ -26,6 +26,8 @@ from graphbatch.scheduler import (
 from graphbatch.scheduler.chains import Chains
 from graphbatch.scheduler.fields import FIELDS
 
+from .machine_support import request_states
+
 BASE = SchedulerConfig(
     max_num_seqs=24,
     max_num_batched_tokens=96,
@@ -44,20 +46,7 @@ CONFIGS = {
 
 
 def _snapshot(s: PrefillScheduler) -> tuple:
-    seqs = tuple(
-        (
-            rid,
-            q.state,
-            q.num_scheduled,
-            q.num_computed,
-            q.first_token,
-            q.arrival,
-            tuple(q.block_ids.tolist()),
-            (q.num_linked, q.link_serial, q.link_block, q.num_shared, q.matched_at),
-            (q.num_cached, q.copy_src, q.copy_len),
-        )
-        for rid, q in s._seqs.items()
-    )
+    seqs = request_states(s)
     cache = s.blocks.cache
     cached = (
         ()

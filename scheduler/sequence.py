@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,19 @@ if TYPE_CHECKING:
 class SeqState(enum.Enum):
     PREFILLING = "prefilling"  # prompt tokens left to compute (or in flight)
     TRANSFERRING = "transferring"  # prefill done; waits for its KV cache to be sent
+
+
+def _slot_int(array: str, doc: str) -> property:
+    """An int attribute kept in ``store.Links.<array>`` at the sequence's slot."""
+    column = operator.attrgetter(array)
+
+    def get(self: Sequence) -> int:
+        return int(column(self.links)[self.slot])
+
+    def put(self: Sequence, v: int) -> None:
+        column(self.links)[self.slot] = v
+
+    return property(get, put, doc=doc)
 
 
 PREFILLING, TRANSFERRING = 0, 1  # ``SeqState`` as stored in ``store.Links.state``
@@ -57,62 +71,26 @@ class Sequence:
     # (``store.Links``), so a step reads and advances its rows as whole arrays; it is
     # meaningful while the request is admitted (a released one's slot is reused, and its
     # ``links`` is None: a late read fails loudly).
-    @property
-    def arrival(self) -> int:
-        """Serial of this incarnation: a new one on re-admission and on a rewind, so a
-        step issued before it never touches the request again."""
-        return int(self.links.arrival[self.slot])
-
-    @arrival.setter
-    def arrival(self, v: int) -> None:
-        self.links.arrival[self.slot] = v
-
-    @property
-    def num_scheduled(self) -> int:
-        """Prompt tokens handed to a batch so far (cached ones included)."""
-        return int(self.links.scheduled[self.slot])
-
-    @num_scheduled.setter
-    def num_scheduled(self, v: int) -> None:
-        self.links.scheduled[self.slot] = v
-
-    @property
-    def num_computed(self) -> int:
-        """Prompt tokens whose KV is known written, contiguous from 0: cached ones plus
-        the chunks of steps an executor ran in order (PrefillScheduler._mark_executed)."""
-        return int(self.links.computed[self.slot])
-
-    @num_computed.setter
-    def num_computed(self, v: int) -> None:
-        self.links.computed[self.slot] = v
-
-    @property
-    def num_shared(self) -> int:
-        """Leading blocks shared from the prefix cache."""
-        return int(self.links.shared[self.slot])
-
-    @num_shared.setter
-    def num_shared(self, v: int) -> None:
-        self.links.shared[self.slot] = v
-
-    @property
-    def matched_at(self) -> int:
-        """The cache generation its prefix was last matched against."""
-        return int(self.links.matched[self.slot])
-
-    @matched_at.setter
-    def matched_at(self, v: int) -> None:
-        self.links.matched[self.slot] = v
-
-    @property
-    def copy_src(self) -> int:
-        """The cached block a sub-block copy planned for its first chunk reads (pinned
-        until that step is retired); -1: none."""
-        return int(self.links.copy_src[self.slot])
-
-    @copy_src.setter
-    def copy_src(self, v: int) -> None:
-        self.links.copy_src[self.slot] = v
+    arrival = _slot_int(
+        "arrival",
+        "Serial of this incarnation: a new one on re-admission and on a rewind, so a step "
+        "issued before it never touches the request again.",
+    )
+    num_scheduled = _slot_int(
+        "scheduled", "Prompt tokens handed to a batch so far (cached ones included)."
+    )
+    num_computed = _slot_int(
+        "computed",
+        "Prompt tokens whose KV is known written, contiguous from 0: cached ones plus the "
+        "chunks of steps an executor ran in order (PrefillScheduler._mark_executed).",
+    )
+    num_shared = _slot_int("shared", "Leading blocks shared from the prefix cache.")
+    matched_at = _slot_int("matched", "The cache generation its prefix was last matched against.")
+    copy_src = _slot_int(
+        "copy_src",
+        "The cached block a sub-block copy planned for its first chunk reads (pinned until "
+        "that step is retired); -1: none.",
+    )
 
     @property
     def state(self) -> SeqState:
@@ -134,29 +112,9 @@ class Sequence:
     # the cache chain through its leading blocks: how many are linked, the serial of the
     # last link (NOT_CACHED: the chain broke, nothing after it is cached) and the block
     # holding it
-    @property
-    def num_linked(self) -> int:
-        return int(self.links.linked[self.slot])
-
-    @num_linked.setter
-    def num_linked(self, v: int) -> None:
-        self.links.linked[self.slot] = v
-
-    @property
-    def link_serial(self) -> int:
-        return int(self.links.serial[self.slot])
-
-    @link_serial.setter
-    def link_serial(self, v: int) -> None:
-        self.links.serial[self.slot] = v
-
-    @property
-    def link_block(self) -> int:
-        return int(self.links.block[self.slot])
-
-    @link_block.setter
-    def link_block(self, v: int) -> None:
-        self.links.block[self.slot] = v
+    num_linked = _slot_int("linked", "Leading blocks its cache chain runs through.")
+    link_serial = _slot_int("serial", "Serial of the chain's last link.")
+    link_block = _slot_int("block", "The block holding the chain's last link.")
 
     @property
     def remaining(self) -> int:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
-from itertools import accumulate
 
 import numpy as np
 from graphbatch.sampling import SAMPLING_RULES
 
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor
-from .fields import split_positions, token_slots
+from .fields import token_slots
+from .fill_rows import fill_rows
 from .packed import Layout, layout
 from .sequence import Sequence
 from .store import RequestStore, spans
@@ -51,7 +51,8 @@ def assemble(
     a["query_start_loc"][1 : len(seqs) + 1] = ends
     plens = _rows_from_seqs(a, seqs, starts_, counts_, starts, counts, ends, num_tokens, config)
     ids = tuple([s.request_id for s in seqs])
-    return _finish(config, a, starts, counts, ends, plens, copies, ids, num_tokens)
+    _row_fields(a, starts, counts, ends, plens)
+    return _finish(config, a, starts, plens, copies, ids, num_tokens)
 
 
 def assemble_rows(
@@ -67,43 +68,13 @@ def assemble_rows(
     ``counts[i]`` tokens (int64 arrays).
 
     Every array starts as padding (``packed.Layout.new``); the real rows are written over
-    it, each field in one vectorised assignment gathered from the store's slots and
-    arenas (a few rows: a few slice copies per row).
+    it by one compiled loop (``fill_rows``) reading the store's slots and arenas.
     """
-    n = slots.shape[0]
-    MB, bs = config.max_blocks_per_seq, config.block_size
-    ends = np.array(list(accumulate(counts.tolist())), np.int64)  # (a cold cumsum costs more)
-    num_tokens = int(ends[-1])
-    raw, a, lay = _buffer(config, num_tokens)
-    a["query_start_loc"][1 : n + 1] = ends  # [0] is 0, the padding num_tokens
-    for rule in SAMPLING_RULES:
-        np.take(store.sampling[rule.field], slots, out=a[rule.field][:n])
-    if n <= FEW_ROWS:
-        _few_rows(a, store, slots, starts.tolist(), counts.tolist(), bs)
-    else:
-        bt = a["block_tables"]
-        table = store.table
-        if n * MB <= DENSE_TABLE_CELLS:  # whole rows: one gather (past its blocks a row is 0)
-            np.take(table, slots, axis=0, out=bt[:n])
-        else:  # only the cells each row uses
-            nb = store.num_blocks[slots]
-            cells = spans(np.arange(0, n * MB, MB, dtype=np.int64), nb)
-            bt.ravel()[cells] = table.ravel()[spans(slots * table.shape[1], nb)]
-        index = _arange(num_tokens)[:num_tokens]
-        shift = starts - ends + counts  # each row's position less its tokens' index
-        positions = a["positions"][:num_tokens]
-        np.add(index, np.repeat(shift, counts), out=positions)
-        at = np.repeat(store.tok_off[slots] + shift, counts)  # the prompt arena's index
-        at += index
-        np.take(store.tokens, at, out=a["input_ids"][:num_tokens])
-        cell, offset = split_positions(positions, bs)  # the block-table cell, flat
-        cell += np.repeat(np.arange(0, n * MB, MB, dtype=np.int64), counts)
-        slot_mapping = a["slot_mapping"][:num_tokens]
-        np.multiply(bt.ravel().take(cell), bs, out=slot_mapping, dtype=np.int64)
-        slot_mapping += offset
+    raw, a, lay = _buffer(config, sum(counts.tolist()))  # (a cold numpy sum costs more)
+    num_tokens = fill_rows(a, slots, starts, counts, store, config.block_size)
     plens = store.prompt_len[slots]
     ids = tuple(store.ids[slots].tolist())
-    d = _finish(config, a, starts, counts, ends, plens, copies, ids, num_tokens)
+    d = _finish(config, a, starts, plens, copies, ids, num_tokens)
     return d, raw, lay
 
 
@@ -117,24 +88,34 @@ def _buffer(
     return raw, a, lay
 
 
-def _finish(
-    config: SchedulerConfig,
+def _row_fields(
     a: dict[str, np.ndarray],
     starts: np.ndarray,
     counts: np.ndarray,
     ends: np.ndarray,
     plens: np.ndarray,
-    copies: Seq[tuple[int, int, int]],
-    request_ids: tuple[str, ...],
-    num_tokens: int,
-) -> BatchDescriptor:
-    """The per-row fields every descriptor derives alike, its copies, the descriptor."""
-    n, bs = starts.shape[0], config.block_size
+) -> None:
+    """The per-row fields every descriptor derives alike (``fill_rows`` writes them for
+    a scheduled step)."""
+    n = starts.shape[0]
     seq_lens = a["seq_lens"][:n]
     np.add(starts, counts, out=seq_lens)
     a["context_lens"][:n] = starts
     np.subtract(ends, 1, out=a["logits_indices"][:n])
     np.equal(seq_lens, plens, out=a["sample_mask"][:n])
+
+
+def _finish(
+    config: SchedulerConfig,
+    a: dict[str, np.ndarray],
+    starts: np.ndarray,
+    plens: np.ndarray,
+    copies: Seq[tuple[int, int, int]],
+    request_ids: tuple[str, ...],
+    num_tokens: int,
+) -> BatchDescriptor:
+    """The descriptor of rows written into ``a``, with its sub-block copies."""
+    n, bs = starts.shape[0], config.block_size
     if copies:
         bt = a["block_tables"]
         offset = np.arange(bs, dtype=np.int64)
@@ -158,63 +139,7 @@ def _finish(
     )
 
 
-FEW_ROWS = 8  # up to this many rows, row slices beat whole-batch gathers
-DENSE_TABLE_CELLS = 1 << 16  # block tables up to this many cells are gathered as rows
-
-
-def _arange(n: int) -> np.ndarray:
-    """0 .. n-1, read-only and shared: positions are slices of it."""
-    global _ARANGE
-    if _ARANGE.shape[0] < n:
-        _ARANGE = np.arange(max(n, 2 * _ARANGE.shape[0]), dtype=np.int64)
-        _ARANGE.flags.writeable = False
-    return _ARANGE
-
-
-_ARANGE = np.arange(0, dtype=np.int64)
-
-
-def _few_rows(
-    a: dict[str, np.ndarray],
-    store: RequestStore,
-    slots: np.ndarray,
-    starts: list[int],
-    counts: list[int],
-    bs: int,
-) -> None:
-    """Block tables, positions, input ids and slots of a few rows, row by row: each a
-    few slice copies (long chunks of few requests: no per-token index arrays)."""
-    bt, ids, pos, slot_map = a["block_tables"], a["input_ids"], a["positions"], a["slot_mapping"]
-    tok, table = store.tokens, store.table
-    offsets = store.tok_off[slots].tolist()
-    rows = slots.tolist()
-    num_blocks = store.num_blocks[slots].tolist()
-    ar = _arange(max(s + c for s, c in zip(starts, counts, strict=True)))
-    in_block = ar[:bs]
-    q = 0
-    for i, (s, c) in enumerate(zip(starts, counts, strict=True)):
-        nb = num_blocks[i]
-        row = bt[i]
-        row[:nb] = table[rows[i], :nb]
-        pos[q : q + c] = ar[s : s + c]
-        o = offsets[i] + s
-        ids[q : q + c] = tok[o : o + c]
-        lo = s // bs  # the chunk's first block
-        head = s - lo * bs  # slots of its first block before the chunk
-        m = 0
-        if head:  # a first, partly written block
-            m = min(bs - head, c)
-            slot_map[q : q + m] = int(row[lo]) * bs + in_block[head : head + m]
-            lo += 1
-        full = (c - m) // bs  # whole blocks after it
-        if full:  # whole blocks: each block's slots written in place, broadcast
-            out = slot_map[q + m : q + m + full * bs].reshape(full, bs)
-            np.add(np.multiply(row[lo : lo + full, None], bs, dtype=np.int64), in_block, out=out)
-        tail = c - m - full * bs
-        if tail > 0:  # a last, partly written block
-            at = q + c - tail
-            slot_map[at : q + c] = int(row[lo + full]) * bs + in_block[:tail]
-        q += c
+FEW_ROWS = 8  # up to this many rows, scalar steps beat whole-array numpy calls
 
 
 def _rows_from_seqs(

@@ -10,10 +10,8 @@ rows advance as whole arrays; a few rows, one by one (scalar reads beat a dozen 
 
 Per-step host cost is the point here (a step's update runs cold: the number of numpy
 calls counts more than their size): the blocks, tokens and tags a step registers are
-gathered once each -- a few rows as slices of their arenas (one run: views of the tokens
-and tags), many rows through one layout of their runs (each block's slot and index in its
-prompt, shared by the three gathers); tokens as whole blocks, items of a view of the token
-arena that holds ``block_size`` tokens from each token on (``_token_windows``).
+gathered once -- a few rows as slices of their arenas (one run: views of the tokens and
+tags), many rows in one compiled loop (``cache_runs.gather_runs``).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import builder
+from .cache_runs import gather_runs
 from .config import SchedulerConfig
 from .prefix_cache import NOT_CACHED, PrefixCache
 from .sequence import Sequence
@@ -31,9 +30,6 @@ class Chains:
     def __init__(self, config: SchedulerConfig, store: RequestStore, cache: PrefixCache) -> None:
         self.block_size = config.block_size
         self.store, self.cache = store, cache
-        self._windows: np.ndarray | None = None  # see _token_windows
-        self._windows_of: np.ndarray | None = None  # the arena they view
-        self._token_windows()  # (once per arena, not in a step)
 
     def cache_tail(self, seq: Sequence) -> None:
         """A finished prompt's last, partly filled block: a copy source once its chain
@@ -91,91 +87,72 @@ class Chains:
 
     def _register_few(self, runs: list[tuple[int, int, int, int]]) -> None:
         """Cache runs (slot, first block, upto, parent serial) of a few rows: their
-        blocks, tokens and tags are slices of the arenas (one run: views but for the
-        blocks, a copy as int64)."""
+        tokens and tags are slices of the arenas (one run: views; its blocks a copy as
+        int64)."""
         store, bs = self.store, self.block_size
         links = store.links
-        windows = self._token_windows()  # a prompt's blocks: every bs-th item, a view
         if len(runs) == 1:
             slot, a, u, parent = runs[0]
             blocks = store.table[slot, a:u].astype(np.int64)
             t0 = int(store.tok_off[slot])
-            rows = windows[t0 + a * bs : t0 + u * bs : bs]
+            tokens = store.tokens[t0 + a * bs : t0 + u * bs].reshape(-1, bs)
             k0 = int(store.tag_off[slot])
             tags = store.tags[k0 + a : k0 + u]
             firsts, parents = [0], [parent]
         else:
             table, tok_off, tag_off = store.table, store.tok_off, store.tag_off
-            row_parts, tag_parts, firsts, parents, at = [], [], [], [], 0
+            tok_parts, tag_parts, firsts, parents, at = [], [], [], [], 0
             for s, a, u, p in runs:
                 t0, k0 = int(tok_off[s]), int(tag_off[s])
-                row_parts.append(windows[t0 + a * bs : t0 + u * bs : bs])
+                tok_parts.append(store.tokens[t0 + a * bs : t0 + u * bs])
                 tag_parts.append(store.tags[k0 + a : k0 + u])
                 firsts.append(at)
                 parents.append(p)
                 at += u - a
             blocks = np.concatenate([table[s, a:u] for s, a, u, _ in runs], dtype=np.int64)
-            rows = np.concatenate(row_parts)
+            tokens = np.concatenate(tok_parts).reshape(-1, bs)
             tags = np.concatenate(tag_parts)
         block = links.block
         pblocks = [int(block[r[0]]) for r in runs]
-        s0 = self.cache.register_few(blocks, rows, tags, firsts, parents, pblocks)
+        s0 = self.cache.register_few(blocks, tokens, tags, firsts, parents, pblocks)
         if s0 is not None:
             linked, serial, end = links.linked, links.serial, 0
             for slot, a, u, _ in runs:
                 end += u - a
                 linked[slot], serial[slot], block[slot] = u, s0 + end - 1, blocks[end - 1]
             return
-        self._one_by_one([(s, u, u - a) for s, a, u, _ in runs], blocks, rows, tags)
+        self._one_by_one([(s, u, u - a) for s, a, u, _ in runs], blocks, tokens, tags)
 
     def _register_many(
         self, slots: np.ndarray, upto: np.ndarray, first: np.ndarray, parents: np.ndarray
     ) -> None:
         """Cache the blocks ``first`` .. ``upto`` - 1 of the requests at ``slots`` (their
-        chains' lengths and last serials ``first``, ``parents``) in whole arrays: one
-        layout of the runs (each block's slot and index in its prompt) serves the
-        gathers of blocks, tags and tokens."""
-        store, bs = self.store, self.block_size
+        chains' lengths and last serials ``first``, ``parents``) in whole arrays: their
+        ids, tags and tokens gathered in one compiled loop (``cache_runs.gather_runs``)."""
+        store, cache = self.store, self.cache
         links = store.links
-        lens = upto - first
-        ends = lens.cumsum()
-        firsts = ends - lens  # each run's first entry
-        j = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(first - firsts, lens)
-        at = np.repeat(slots, lens)  # each block's slot; j: its index in that prompt
-        table = store.table
-        blocks = table.ravel()[at * table.shape[1] + j].astype(np.int64)
-        tags = store.tags[store.tag_off[at] + j]
-        rows = self._token_windows()[store.tok_off[at] + j * bs]
-        s0 = self.cache.register_many(blocks, rows, tags, firsts, parents, links.block[slots])
+        blocks, tags, tokens, ends, _ = gather_runs(
+            slots, first, upto, store.table, store.tag_off, store.tags, store.tok_off,
+            store.tokens, self.block_size, cache.state,
+        )  # fmt: skip
+        firsts = np.subtract(ends, upto - first)
+        s0 = cache.register_many(blocks, tokens, tags, firsts, parents, links.block[slots])
         if s0 is not None:
             links.linked[slots] = upto
             links.serial[slots] = ends + (s0 - 1)
             links.block[slots] = blocks[ends - 1]
             return
-        runs = zip(slots.tolist(), upto.tolist(), lens.tolist(), strict=True)
-        self._one_by_one(list(runs), blocks, rows, tags)
-
-    def _token_windows(self) -> np.ndarray:
-        """The token arena as overlapping items of ``block_size`` tokens, one starting at
-        each token (``PrefixCache.row_dtype``): a step's blocks of tokens are one gather
-        of whole items. Rebuilt when the store replaces its arena (compaction)."""
-        tokens = self.store.tokens
-        if self._windows_of is not tokens:
-            n = tokens.shape[0] - self.block_size + 1
-            self._windows = np.ndarray(
-                (n,), self.cache.row_dtype, buffer=tokens, strides=(tokens.itemsize,)
-            )
-            self._windows_of = tokens
-        return self._windows
+        runs = zip(slots.tolist(), upto.tolist(), (upto - first).tolist(), strict=True)
+        self._one_by_one(list(runs), blocks, tokens, tags)
 
     def _one_by_one(
         self,
         runs: list[tuple[int, int, int]],
         blocks: np.ndarray,
-        rows: np.ndarray,
+        tokens: np.ndarray,
         tags: np.ndarray,
     ) -> None:
-        """The runs (slot, upto, length; their entries of ``blocks`` / ``rows`` /
+        """The runs (slot, upto, length; their entries of ``blocks`` / ``tokens`` /
         ``tags`` in order) one after another, each in one batch where it can be, else
         block by block: collisions are resolved there."""
         cache, bs, store = self.cache, self.block_size, self.store
@@ -185,7 +162,7 @@ class Chains:
             one = slice(lo, lo + m)
             lo += m
             b = blocks[one]
-            s0 = cache.register_few(b, rows[one], tags[one], [0], [q.link_serial], [q.link_block])
+            s0 = cache.register_few(b, tokens[one], tags[one], [0], [q.link_serial], [q.link_block])
             if s0 is not None:
                 q.num_linked, q.link_serial, q.link_block = u, s0 + m - 1, int(b[-1])
                 continue

@@ -19,9 +19,7 @@ computing them twice -- unless the step would otherwise be empty
 from __future__ import annotations
 
 import uuid
-from bisect import bisect_left
 from dataclasses import dataclass
-from itertools import accumulate
 
 import numpy as np
 
@@ -36,12 +34,13 @@ from .first_tokens import first_tokens
 from .key_tags import NO_TAGS, key_tags
 from .packed import Seal
 from .pending import LONG, Pending
+from .plan_rows import EMPTY, PLAIN, plan_rows
 from .prefix_cache import NOT_CACHED, ROOT, PrefixCache, chain_keys
 from .rematch import Rematch
 from .request import MAX_SEED, Request, SamplingParams, check_prompt
 from .sequence import PREFILLING, TRANSFERRING, SeqState, Sequence
 from .steps import Origin, StepRecord
-from .store import RequestStore, spans
+from .store import RequestStore
 
 _nz = np.count_nonzero  # any(): cold, numpy's reductions cost several times more
 _EMPTY = np.zeros(0, np.int64)
@@ -225,107 +224,58 @@ class PrefillScheduler:
         arrays), its sub-block copies (row, source block, slots), and whether a request
         waited for a prefix.
 
-        Whole arrays over the queue when no row it reaches needs anything of its own (a
-        first chunk that could hit blocks registered since it was matched, copy a
-        sub-block, or wait for a block in flight; found by whole-array tests, erring
-        towards "needs"), else row by row (``_pick_rows``): the same rows either way."""
+        Many rows: picked in one compiled call (``plan_rows``) with what could make one
+        of them need handling of its own (a first chunk that could hit blocks
+        registered since it was matched, copy a sub-block, or wait for a block in
+        flight; erring towards "needs"). A few rows, or some row that needs it: row by
+        row (``_pick_rows``). The same rows either way."""
         q = self._queue.slots()
         if not q.shape[0]:
             return _NO_ROWS
-        cfg, store = self.config, self._store
-        links = store.links
-        budget, max_rows = cfg.max_num_batched_tokens, cfg.max_num_seqs
-        cap = cfg.long_prefill_token_threshold or budget
+        cfg, store, cache = self.config, self._store, self.blocks.cache
+        max_rows = cfg.max_num_seqs
         if q.shape[0] <= builder.FEW_ROWS or max_rows <= builder.FEW_ROWS:
             return self._pick_rows(q, wait)
-        plen, scheduled, got = store.prompt_len, links.scheduled, 0
-        for slot in q[: builder.FEW_ROWS].tolist():  # long prompts: a few rows fill the step
-            got += min(max(int(plen[slot] - scheduled[slot]), 0), cap)
-        if got >= budget:
-            return self._pick_rows(q, wait)
-        start = scheduled[q]
-        left = plen[q] - start
-        # a few hundred numbers: list arithmetic beats numpy's reductions, each of which
-        # costs tens of microseconds when its code is cold (as between steps)
-        lefts = left.tolist()
-        if min(lefts) <= 0:  # some are fully scheduled, their last chunk still in flight
-            active = left > 0
-            q, start, left = q[active], start[active], left[active]
-            if not q.shape[0]:
-                return _NO_ROWS
-            lefts = left.tolist()
-        if cap < budget:
-            lefts = [x if x < cap else cap for x in lefts]
-        total = list(accumulate(lefts))  # tokens of the rows up to each
-        # rows with budget left before them: the first, and each after a total < budget
-        k = min(bisect_left(total, budget) + 1, len(lefts), max_rows)
-        slots, starts = q[:k].copy(), start[:k]  # (q views the queue: it changes)
-        counts = np.array(lefts[:k], np.int64)
-        if total[k - 1] > budget:
-            counts[-1] -= total[k - 1] - budget
-        if self.blocks.cache is not None and not self._plain(slots, starts, counts, wait):
-            return self._pick_rows(q, wait)
-        return slots, starts, counts, [], False
+        links = store.links
+        on = cache is not None
+        verdict, slots, starts, counts, stale, cand_rows, cand_tags, nxt, listed = plan_rows(
+            q, store.prompt_len, links.scheduled, links.shared, links.matched,
+            cache.generation if on else 0, store.tags, store.tag_off, cfg.block_size,
+            cfg.max_num_batched_tokens,
+            cfg.long_prefill_token_threshold or cfg.max_num_batched_tokens, max_rows,
+            builder.FEW_ROWS, on, cfg.max_copy_slots > 0, on and cache.has_roots, wait,
+        )  # fmt: skip
+        if verdict == EMPTY:
+            return _NO_ROWS
+        if verdict == PLAIN and (not on or self._plain(stale, cand_rows, cand_tags, nxt, listed)):
+            return slots, starts, counts, [], False
+        return self._pick_rows(q, wait)
 
-    def _plain(self, slots: np.ndarray, starts: np.ndarray, counts: np.ndarray, wait: bool) -> bool:
-        """With the prefix cache on: no row of this tentative step needs handling of its
-        own, and the blocks its chunks complete are recorded as in flight (``wait``).
-        A row needs it when its first chunk (it starts at its shared blocks) could hit
-        blocks registered since it was matched (then rematched here if none can), could
-        copy a sub-block, or could wait for its next block -- in flight in an issued
-        step, or computed by another row of this one."""
-        cfg, store, cache = self.config, self._store, self.blocks.cache
-        links, bs = store.links, cfg.block_size
-        first = starts == links.shared[slots] * bs
-        if not _nz(first):
-            fresh = None
-        else:
-            fresh = slots[first]
-            plen = store.prompt_len[fresh]
-            k = links.shared[fresh]
-            if cfg.max_copy_slots and _nz(plen - starts[first] > 1):
-                if cache.has_roots or _nz(k):
-                    return False  # a sub-block copy may apply: _pick_rows plans it
-            stale = links.matched[fresh] != cache.generation
-            if _nz(stale):
-                rows = fresh[stale]
-                ks = k[stale]
-                can = ks < (store.prompt_len[rows] - 1) // bs  # rematch needs a block left
-                if _nz(can):
-                    r, kk = rows[can], ks[can]
-                    tags = store.tags[store.tag_off[r] + kk]
-                    if not cache.holds_none(tags, links.serial[r], links.block[r]):
-                        return False  # a hit is possible: rematched row by row
-                links.matched[rows] = cache.generation  # matched again: nothing to hit
-        if not wait:
-            return True
-        a = starts // bs
-        b = (starts + counts) // bs
-        if fresh is not None:
-            k = links.shared[fresh]
-            has_next = k < store.prompt_len[fresh] // bs
-            if _nz(has_next):
-                nxt = store.tags[store.tag_off[fresh[has_next]] + k[has_next]]
-                if self._pending and self._pending.may_hold(nxt):
-                    return False  # an issued step may be computing one of them
-                if fresh.shape[0] == slots.shape[0] and not _nz(k):
-                    # every row starts its prompt: two rows complete an equal block
-                    # only if their first blocks are equal (keys chain the prefix)
-                    heads = nxt.tolist()
-                    if len(set(heads)) < len(heads):
-                        return False
-                else:
-                    listed = store.tags[spans(store.tag_off[slots] + a, b - a)].tolist()
-                    if len(set(listed)) < len(listed):
-                        return False  # two rows complete an equal block: one may wait
-                    # with no block completed twice, a row's next block is another
-                    # row's only if the row does not complete it itself (too short)
-                    own = b[first] > k
-                    if _nz(~own[has_next]) and not set(listed).isdisjoint(nxt.tolist()):
-                        return False
-        if _nz(b > a):  # the blocks it completes are listed if a later step asks
-            at, arena = store.tag_off[slots] + a, store.tags  # (as of now: slots get reused)
-            self._pending.defer(self._steps, lambda: [arena[spans(at, b - a)]])
+    def _plain(
+        self,
+        stale: np.ndarray,
+        cand_rows: np.ndarray,
+        cand_tags: np.ndarray,
+        nxt: np.ndarray,
+        listed: np.ndarray,
+    ) -> bool:
+        """What ``plan_rows`` left to the key index and the blocks in flight: no row of
+        its step can hit a block registered since it was matched (else False: rematched
+        row by row; else marked matched now) or wait for a block an issued step is
+        computing (False). Lists the blocks the step completes as in flight, for a later
+        step to wait on."""
+        cache, links = self.blocks.cache, self._store.links
+        if cand_rows.shape[0] and not cache.holds_none(
+            cand_tags, links.serial[cand_rows], links.block[cand_rows]
+        ):
+            return False  # a hit is possible: rematched row by row
+        if stale.shape[0]:
+            links.matched[stale] = cache.generation  # matched again: nothing to hit
+        pending = self._pending
+        if nxt.shape[0] and pending and pending.may_hold(nxt):
+            return False  # an issued step may be computing one of them
+        if listed.shape[0]:  # listed if a later step asks while this one is in flight
+            pending.defer(self._steps, lambda: [listed])
         return True
 
     def _pick_rows(self, q: np.ndarray, wait: bool):

@@ -69,6 +69,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .cache_runs import write_runs
 from .key_tags import key_tags
 
 KEY_BYTES = 16
@@ -79,6 +80,7 @@ NOT_CACHED = -1  # a chain link the cache could not take: nothing after it is ca
 NONE, FULL, PARTIAL = 0, 1, 2  # a block's cache state
 CHILDREN_SCANNED = 64  # sub-block candidates compared per lookup (the newest ones)
 FEW_RUNS = 8  # registrations of up to this many runs check and index them in Python
+_NO_RUNS = np.zeros(0, np.int64)
 
 
 def block_key(parent: bytes, tokens: bytes) -> bytes:
@@ -116,10 +118,6 @@ class PrefixCache:
         self.parent = np.zeros(num_blocks, np.int64)  # the registration it follows
         self.filled = np.zeros(num_blocks, np.int32)  # tokens it holds (block_size: full)
         self.tokens = np.zeros((num_blocks, block_size), np.int64)
-        # the same memory, a block's tokens as one item (``row_dtype``): a bulk write
-        # scatters whole rows
-        self.row_dtype = np.dtype((np.void, self.tokens.itemsize * block_size))
-        self._token_rows = self.tokens.view(self.row_dtype).reshape(-1)
         self.next = np.full(num_blocks, -1, np.int64)  # the child registered right after it
         self.tag = np.zeros(num_blocks, np.int64)  # a full block's key tag
         self._by_tag: dict[int, int] = {}  # tag -> run head (a candidate, not a hit)
@@ -348,22 +346,22 @@ class PrefixCache:
         a head may equal its parent's ``next`` child, a block is cached already or a
         parent is gone: the caller then goes block by block (``register``), which
         resolves each case."""
-        rows = np.ascontiguousarray(tokens, np.int64).view(self.row_dtype).reshape(-1)
+        tokens = np.ascontiguousarray(tokens, np.int64)
         tags = key_tags(keys)
         ends = lens.cumsum()
         firsts = ends - lens
         if lens.shape[0] <= FEW_RUNS:
             s0 = self.register_few(
-                blocks, rows, tags, firsts.tolist(), parents.tolist(), parent_blocks.tolist()
+                blocks, tokens, tags, firsts.tolist(), parents.tolist(), parent_blocks.tolist()
             )
         else:
-            s0 = self.register_many(blocks, rows, tags, firsts, parents, parent_blocks)
+            s0 = self.register_many(blocks, tokens, tags, firsts, parents, parent_blocks)
         return None if s0 is None else ends + (s0 - 1)
 
     def register_few(
         self,
         blocks: np.ndarray,
-        rows: np.ndarray,
+        tokens: np.ndarray,
         tags: np.ndarray,
         firsts: list[int],
         parents: list[int],
@@ -371,8 +369,8 @@ class PrefixCache:
     ) -> int | None:
         """``register_runs`` for a few runs, their heads' positions in ``blocks``
         (``firsts``), parents and parent blocks given as lists: each head is checked in
-        scalars. ``blocks`` int64; ``rows``: the blocks' tokens as items of
-        ``row_dtype``; ``tags`` their key tags. Returns the first serial (run i's blocks
+        scalars. ``blocks`` int64; ``tokens``: theirs, int64 [n, block_size] (C order);
+        ``tags`` their key tags. Returns the first serial (run i's blocks
         take consecutive serials from there, in ``blocks``' order), or None as
         ``register_runs``: nothing registered."""
         state, serial = self.state, self.serial
@@ -396,14 +394,10 @@ class PrefixCache:
                 return None  # that child may hold the same tokens: ``register`` dedupes
         heads = [int(blocks[f]) for f in firsts]
         by_tag.update(zip(head_tags, heads, strict=True))
-        s0 = self._next_serial
-        ser = np.arange(s0, s0 + blocks.shape[0], dtype=np.int64)
-        serial[blocks] = ser
+        s0 = self._write_runs(blocks, tokens, tags, _NO_RUNS, _NO_RUNS)
         parent = self.parent
-        parent[blocks[1:]] = ser[:-1]  # the block before's, but for the heads':
-        for b, p in zip(heads, parents, strict=True):
+        for b, p in zip(heads, parents, strict=True):  # a head's parent: its run's
             parent[b] = p
-        self._write_runs(blocks, rows, tags, s0)
         if len(heads) <= FEW_RUNS:  # one after another: runs sharing a parent all kept
             for p, pb, b in zip(parents, parent_blocks, heads, strict=True):
                 if pb >= 0:
@@ -415,7 +409,7 @@ class PrefixCache:
     def register_many(
         self,
         blocks: np.ndarray,
-        rows: np.ndarray,
+        tokens: np.ndarray,
         tags: np.ndarray,
         firsts: np.ndarray,
         parents: np.ndarray,
@@ -453,31 +447,36 @@ class PrefixCache:
             for t in listed:
                 by_tag.pop(t, None)
             return None
-        s0 = self._next_serial
-        ser = np.arange(s0, s0 + blocks.shape[0], dtype=np.int64)
-        self.serial[blocks] = ser
-        self.parent[blocks[1:]] = ser[:-1]  # the block before's, but for the heads':
-        self.parent[heads] = parents
-        self._write_runs(blocks, rows, tags, s0)
+        s0 = self._write_runs(blocks, tokens, tags, firsts, parents)
         if n_inner:  # (runs from the root have no parent block to index under)
             self._index_heads(parents, parent_blocks, heads, inner, n_inner, nb)
         return s0
 
-    def _write_runs(self, blocks: np.ndarray, rows: np.ndarray, tags: np.ndarray, s0: int) -> None:
-        """The rest of a batch registration, serials ``s0``, ``s0 + 1``, ... (their
-        ``serial`` and ``parent`` are written): bulk writes and the log."""
+    def _write_runs(
+        self,
+        blocks: np.ndarray,
+        tokens: np.ndarray,
+        tags: np.ndarray,
+        firsts: np.ndarray,
+        parents: np.ndarray,
+    ) -> int:
+        """The writes of a batch registration, its checks passed: serials from the next
+        one on, in ``blocks``' order, each block's parent the one before it but for the
+        heads at ``firsts`` (their runs' ``parents``); state, tokens, tags, ``next``
+        links and the log, in one compiled loop (``cache_runs.write_runs``). Returns the
+        first serial."""
         total = blocks.shape[0]
-        self.state[blocks] = FULL
-        self.filled[blocks] = self.block_size
-        self._token_rows[blocks] = rows
-        self.tag[blocks] = tags
-        self.next[blocks[:-1]] = blocks[1:]  # across runs too: checked by parent on use
-        self.next[blocks[-1]] = -1
+        s0 = self._next_serial
         at = self._log_add(s0, total)
-        self._log[at : at + total] = blocks
+        write_runs(
+            blocks, tokens, tags, firsts, parents, s0, self.block_size, self.state,
+            self.serial, self.parent, self.filled, self.tokens, self.tag, self.next,
+            self._log, at,
+        )  # fmt: skip
         self._next_serial = s0 + total
         self._count += total
         self.generation += 1
+        return s0
 
     def _equal_child_may_exist(
         self, head_tags: np.ndarray, parents: np.ndarray, nb: np.ndarray, inner: np.ndarray

@@ -89,13 +89,12 @@ def test_register_many_and_register_few_agree(monkeypatch):
             if runs is None:
                 continue
             blocks, toks, tags, lens, parents, pblocks = runs
-            rows = toks.view(few.row_dtype).reshape(-1)
             ends = lens.cumsum()
             firsts = ends - lens
             a = few.register_few(
-                blocks, rows, tags, firsts.tolist(), parents.tolist(), pblocks.tolist()
+                blocks, toks, tags, firsts.tolist(), parents.tolist(), pblocks.tolist()
             )
-            b = many.register_many(blocks, rows, tags, firsts, parents, pblocks)
+            b = many.register_many(blocks, toks, tags, firsts, parents, pblocks)
             assert a == b
             assert state_of(few) == state_of(many)
             if a is None:
@@ -130,13 +129,12 @@ def test_heads_indexed_in_a_batch_are_pruned_as_one_by_one():
         c._indexed = 2 * c.num_blocks - 3  # the threshold is crossed inside the batch
     blocks = np.arange(10, 10 + n, dtype=np.int64)
     toks = np.stack([blocks, blocks]).T.copy()
-    rows = toks.view(caches[0].row_dtype).reshape(-1)
     tags = np.arange(100, 100 + n, dtype=np.int64)
     firsts, parents, pblocks = np.arange(n), np.full(n, s1), np.full(n, 1)
     a = caches[0].register_few(
-        blocks, rows, tags, firsts.tolist(), parents.tolist(), pblocks.tolist()
+        blocks, toks, tags, firsts.tolist(), parents.tolist(), pblocks.tolist()
     )
-    b = caches[1].register_many(blocks, rows, tags, firsts, parents, pblocks)
+    b = caches[1].register_many(blocks, toks, tags, firsts, parents, pblocks)
     assert a == b is not None
     assert state_of(caches[0]) == state_of(caches[1])
     kids = caches[1]._children
@@ -203,20 +201,21 @@ def test_tokens_are_gathered_from_the_arena_after_it_is_compacted(few, monkeypat
     rng = np.random.default_rng(few % 7)
     prompts = [rng.integers(0, 1000, 3990).tolist() for _ in range(24)]  # 95760 tokens
     arenas, checked = [], [0]
-    real = Chains._token_windows
 
-    def windows(self):  # every arena the gathers read
-        w = real(self)
-        if not arenas or arenas[-1] is not self.store.tokens:
-            arenas.append(self.store.tokens)
-        return w
+    def watch(real):  # every arena the registrations read
+        def seen(self, slots, fulls):
+            if not arenas or arenas[-1] is not self.store.tokens:
+                arenas.append(self.store.tokens)
+            return real(self, slots, fulls)
 
-    monkeypatch.setattr(Chains, "_token_windows", windows)
+        return seen
+
+    monkeypatch.setattr(Chains, "link", watch(Chains.link))
+    monkeypatch.setattr(Chains, "link_few", watch(Chains.link_few))
     monkeypatch.setattr(builder, "FEW_ROWS", few)
     s = _serve(cfg, prompts)
     cache = s.blocks.cache
     assert len(arenas) >= 2  # the arena was replaced, and registration followed it
-    assert s._chains._windows_of is s._store.tokens
     bs = cfg.block_size
     for p in prompts[-6:]:  # admitted after the compaction: the cache holds their blocks
         want = np.asarray(p[: (len(p) // bs) * bs]).reshape(-1, bs)

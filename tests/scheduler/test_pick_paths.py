@@ -22,6 +22,8 @@ from graphbatch.scheduler import (
     SchedulerFull,
     StaleDescriptor,
     builder,
+    plan_rows,
+    prefill,
 )
 from graphbatch.scheduler.chains import Chains
 from graphbatch.scheduler.fields import FIELDS
@@ -161,6 +163,15 @@ def test_the_workloads_reach_every_path(monkeypatch):
         return wrapped
 
     P = PrefillScheduler
+    names = {v: k for k, v in vars(plan_rows).items() if k in ("PLAIN", "COPY", "TWICE", "LONG")}
+    real_plan = prefill.plan_rows
+
+    def plan(*args):
+        out = real_plan(*args)
+        seen[names.get(out[0], "other")] = seen.get(names.get(out[0], "other"), 0) + 1
+        return out
+
+    monkeypatch.setattr(prefill, "plan_rows", plan)
     monkeypatch.setattr(P, "_plain", count(lambda ok: f"plain {ok}", P._plain))
     rows = count("rows", P._pick_rows)
     monkeypatch.setattr(P, "_pick_rows", lambda self, q, wait: _mark(seen, rows(self, q, wait)))
@@ -179,6 +190,9 @@ def test_the_workloads_reach_every_path(monkeypatch):
         "rewind",
         "waited",
         "copied",
+        "PLAIN",
+        "COPY",
+        "TWICE",
     ):
         assert seen.get(key, 0) >= 3, (key, seen)
 

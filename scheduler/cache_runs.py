@@ -1,0 +1,73 @@
+"""The per-block work of registering a step's written blocks, as two compiled loops.
+
+A retired step registers a few hundred blocks at once (``PrefixCache.register_many``):
+per block its id, tag and tokens are gathered from the request store's arenas, and
+eight per-block arrays of the cache are written. As numpy calls that was two dozen
+gathers and scatters, each paid cold between steps; here it is one call to gather
+(``gather_runs``) and, once the cache's checks in Python accepted the batch, one to
+write (``write_runs``). Reads and writes are bounds-checked: an index past an array
+raises IndexError instead of touching other memory.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+FULL = 1  # PrefixCache's state of a full block (prefix_cache.FULL)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=True)
+def gather_runs(slots, first, upto, table, tag_off, tag_arena, tok_off, tok_arena, bs, state):
+    """The blocks ``first[i]`` .. ``upto[i]`` - 1 of the request at store slot
+    ``slots[i]``, in order: (block ids, key tags, tokens [n, bs], each run's end
+    in them, how many of the blocks are cached already)."""
+    total = 0
+    for i in range(slots.shape[0]):
+        total += upto[i] - first[i]
+    blocks = np.empty(total, np.int64)
+    tags = np.empty(total, np.int64)
+    tokens = np.empty((total, bs), np.int64)
+    ends = np.empty(slots.shape[0], np.int64)
+    k = 0
+    cached = 0
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        for j in range(first[i], upto[i]):
+            b = table[s, j]
+            blocks[k] = b
+            tags[k] = tag_arena[tag_off[s] + j]
+            at = tok_off[s] + j * bs
+            for t in range(bs):
+                tokens[k, t] = tok_arena[at + t]
+            if state[b] != 0:
+                cached += 1
+            k += 1
+        ends[i] = k
+    return blocks, tags, tokens, ends, cached
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=True)
+def write_runs(
+    blocks, tokens, tags, heads, parents, s0, bs,
+    state, serial, parent, filled, cache_tokens, tag, nxt, log, at,
+):  # fmt: skip
+    """Register ``blocks`` (runs starting at entries ``heads``, continuing the
+    registrations ``parents``) under serials ``s0``, ``s0 + 1``, ...: each block's
+    parent is the block before it, a head's its run's parent; ``nxt`` links every block
+    to the one after it (across runs too: a reader checks the parent); log entries from
+    ``at``."""
+    n = blocks.shape[0]
+    for i in range(n):
+        b = blocks[i]
+        serial[b] = s0 + i
+        parent[b] = s0 + i - 1
+        state[b] = FULL
+        filled[b] = bs
+        for t in range(bs):
+            cache_tokens[b, t] = tokens[i, t]
+        tag[b] = tags[i]
+        nxt[b] = blocks[i + 1] if i + 1 < n else -1
+        log[at + i] = b
+    for r in range(heads.shape[0]):
+        parent[blocks[heads[r]]] = parents[r]

@@ -71,3 +71,80 @@ def write_runs(
         log[at + i] = b
     for r in range(heads.shape[0]):
         parent[blocks[heads[r]]] = parents[r]
+
+
+GROWS, MIXED, CACHED = 0, 1, 2  # plan_links' verdicts
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=True)
+def plan_links(slots, fulls, linked, serial, link_block, table, tag_off, tag_arena, state):
+    """The runs a step's rows add to their chains: row i's blocks ``linked[slot]`` ..
+    ``fulls[i]`` - 1, after registration ``serial[slot]`` held by ``link_block[slot]``.
+    Returns (verdict, first, heads, head_tags, parents, parent_blocks, ends, lasts):
+    GROWS when every row has blocks to add, none has a broken chain (NOT_CACHED) and
+    none of the blocks is cached already -- then each run's first block index, its
+    first block and that block's key tag, its parent registration and block, where it
+    ends in the step's blocks and its last block; else MIXED (a row adds nothing or is
+    broken) or CACHED, and empty arrays."""
+    n = slots.shape[0]
+    none = np.empty(0, np.int64)
+    total = 0
+    for i in range(n):
+        s = slots[i]
+        if fulls[i] <= linked[s] or serial[s] == -1:  # (NOT_CACHED)
+            return MIXED, none, none, none, none, none, none, none
+        for j in range(linked[s], fulls[i]):
+            if state[table[s, j]] != 0:
+                return CACHED, none, none, none, none, none, none, none
+        total += fulls[i] - linked[s]
+    first = np.empty(n, np.int64)
+    heads = np.empty(n, np.int64)
+    head_tags = np.empty(n, np.int64)
+    parents = np.empty(n, np.int64)
+    parent_blocks = np.empty(n, np.int64)
+    ends = np.empty(n, np.int64)
+    lasts = np.empty(n, np.int64)
+    k = 0
+    for i in range(n):
+        s = slots[i]
+        a = linked[s]
+        first[i] = a
+        heads[i] = table[s, a]
+        head_tags[i] = tag_arena[tag_off[s] + a]
+        parents[i] = serial[s]
+        parent_blocks[i] = link_block[s]
+        k += fulls[i] - a
+        ends[i] = k
+        lasts[i] = table[s, fulls[i] - 1]
+    return GROWS, first, heads, head_tags, parents, parent_blocks, ends, lasts
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=True)
+def commit_runs(
+    slots, first, upto, table, tag_off, tag_arena, tok_off, tok_arena, bs, parents, s0,
+    state, serial, parent, filled, cache_tokens, tag, nxt, log, at,
+):  # fmt: skip
+    """``write_runs`` for runs read straight from the request store: row i's blocks
+    ``first[i]`` .. ``upto[i]`` - 1 of the request at store slot ``slots[i]`` (its block
+    table row, key tags and prompt tokens in the arenas), continuing ``parents[i]``."""
+    k = 0
+    prev = -1
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        for j in range(first[i], upto[i]):
+            b = table[s, j]
+            if prev >= 0:
+                nxt[prev] = b
+            serial[b] = s0 + k
+            parent[b] = parents[i] if j == first[i] else s0 + k - 1
+            state[b] = FULL
+            filled[b] = bs
+            o = tok_off[s] + j * bs
+            for t in range(bs):
+                cache_tokens[b, t] = tok_arena[o + t]
+            tag[b] = tag_arena[tag_off[s] + j]
+            log[at + k] = b
+            prev = b
+            k += 1
+    if prev >= 0:
+        nxt[prev] = -1

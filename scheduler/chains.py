@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import builder
-from .cache_runs import gather_runs
+from .cache_runs import GROWS, gather_runs, plan_links
 from .config import SchedulerConfig
 from .prefix_cache import NOT_CACHED, PrefixCache
 from .sequence import Sequence
@@ -69,13 +69,35 @@ class Chains:
 
     def link(self, slots: np.ndarray, fulls: np.ndarray) -> None:
         """Extend the chains of the requests at ``slots`` to their first ``fulls`` full
-        blocks, now written: whole-array reads and writes of the store's ``Links``."""
-        links = self.store.links
+        blocks, now written. The usual case (every row adds blocks to an unbroken chain,
+        none of them cached yet) is planned and written in two compiled calls
+        (``cache_runs.plan_links`` / ``commit_runs``) around the cache's checks of the
+        runs' heads; else whole-array reads and writes of the store's ``Links``."""
+        store = self.store
+        links = store.links
+        verdict, first, heads, head_tags, parents, pblocks, ends, lasts = plan_links(
+            slots, fulls, links.linked, links.serial, links.block, store.table,
+            store.tag_off, store.tags, self.cache.state,
+        )  # fmt: skip
+        if verdict == GROWS:
+            src = (
+                slots, first, fulls, store.table, store.tag_off, store.tags, store.tok_off,
+                store.tokens,
+            )  # fmt: skip
+            total = int(ends[-1])
+            s0 = self.cache.register_store_runs(src, heads, head_tags, parents, pblocks, total)
+            if s0 is not None:
+                links.linked[slots] = fulls
+                links.serial[slots] = ends + (s0 - 1)
+                links.block[slots] = lasts
+                return
+            self._register_many(slots, fulls, first, parents)  # (refused: resolved there)
+            return
         first, parents = links.linked[slots], links.serial[slots]
         grow = fulls > first
         broken = parents == NOT_CACHED
         n = slots.shape[0]  # (count_nonzero: cheaper than any / all reductions)
-        if np.count_nonzero(grow) == n and not np.count_nonzero(broken):  # the usual case
+        if np.count_nonzero(grow) == n and not np.count_nonzero(broken):
             self._register_many(slots, fulls, first, parents)
             return
         cut = grow & broken  # nothing after a broken link is cached: just move past

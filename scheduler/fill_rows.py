@@ -22,7 +22,7 @@ _F = tuple(r.field for r in SAMPLING_RULES)
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)
 def _fill(
-    slots, starts, counts, tok_off, tokens, table, num_blocks, prompt_len, block_size,
+    slots, starts, counts, tok_off, tokens, table, num_blocks, prompt_len, scheduled, block_size,
     input_ids, positions, slot_mapping, block_tables, query_start_loc,
     seq_lens, context_lens, logits_indices, sample_mask,
     v0, v1, v2, v3, v4, o0, o1, o2, o3, o4,
@@ -48,6 +48,7 @@ def _fill(
         end = start + n
         query_start_loc[i + 1] = q
         seq_lens[i] = end
+        scheduled[s] = end
         context_lens[i] = start
         logits_indices[i] = q - 1
         sample_mask[i] = end == prompt_len[s]
@@ -67,12 +68,13 @@ def fill_rows(
     position ``starts[i]``, ``counts[i]`` tokens (int64 arrays) into the descriptor
     arrays ``a`` (``packed.Layout.new``: padding everywhere, block tables zero):
     block tables, input ids, positions, slot mapping, ``query_start_loc[1:]``, seq and
-    context lengths, logits indices, sample mask and the sampling fields. Returns the
+    context lengths, logits indices, sample mask and the sampling fields; each request's
+    scheduled tokens (``store.links.scheduled``) move to its chunk's end. Returns the
     number of tokens written."""
     v, f = store.sampling, _F
     return _fill(
         slots, starts, counts, store.tok_off, store.tokens, store.table, store.num_blocks,
-        store.prompt_len, block_size,
+        store.prompt_len, store.links.scheduled, block_size,
         a["input_ids"], a["positions"], a["slot_mapping"], a["block_tables"],
         a["query_start_loc"], a["seq_lens"], a["context_lens"], a["logits_indices"],
         a["sample_mask"],

@@ -8,20 +8,6 @@ from typing import Any
 import numpy as np
 
 
-def first_tokens(
-    tokens: Any, request_ids: tuple[str, ...], vocab_size: int
-) -> tuple[np.ndarray, bool]:
-    """``check_first_tokens``, and whether no row is -1 (every row has its token)."""
-    if isinstance(tokens, np.ndarray) and tokens.dtype.kind in "iu" and tokens.ndim == 1:
-        n = len(request_ids)
-        if tokens.shape[0] >= n:
-            head = tokens[:n].tolist()  # a few hundred ints: a cold numpy reduction costs more
-            if n == 0 or (min(head) >= 0 and max(head) < vocab_size):
-                return np.array(head, np.int64), True
-    out = check_first_tokens(tokens, request_ids, vocab_size)
-    return out, bool(out.shape[0] == 0 or out.min() >= 0)
-
-
 def check_first_tokens(tokens: Any, request_ids: tuple[str, ...], vocab_size: int) -> np.ndarray:
     """int64 copy of ``tokens`` [>= len(request_ids)]; -1 marks a row with no token.
 

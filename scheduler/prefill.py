@@ -30,7 +30,7 @@ from .chains import Chains
 from .config import SchedulerConfig
 from .descriptor import BatchDescriptor, StaleDescriptor
 from .fcfs import Queue
-from .first_tokens import first_tokens
+from .first_tokens import check_first_tokens
 from .key_tags import NO_TAGS, key_tags
 from .packed import Seal
 from .pending import LONG, Pending
@@ -38,6 +38,7 @@ from .plan_rows import EMPTY, PLAIN, plan_rows
 from .prefix_cache import NOT_CACHED, ROOT, PrefixCache, chain_keys
 from .rematch import Rematch
 from .request import MAX_SEED, Request, SamplingParams, check_prompt
+from .retire_rows import mark_rows, retire_rows
 from .sequence import PREFILLING, TRANSFERRING, SeqState, Sequence
 from .steps import Origin, StepRecord
 from .store import RequestStore
@@ -210,7 +211,6 @@ class PrefillScheduler:
         d.scheduler_id, d.step, d.origin = self.id, step, self._origin
         incarnations = links.arrival[slots]
         d.arrivals = tuple(incarnations.tolist())
-        links.scheduled[slots] = d.seq_lens[: slots.shape[0]]
         self._steps += 1
         seal = Seal(d, raw, lay)
         copied = sum([c[2] for c in copies])
@@ -435,21 +435,19 @@ class PrefillScheduler:
             return
         rec.executed = True
         links = self._store.links
-        slots, bases, ends = rec.slots, rec.bases, rec.ends
+        slots, starts, copied, ends = rec.slots, rec.starts, rec.copy_lens, rec.ends
         live = rec.live(links, self._epoch)
         if live is not None:  # a row's request left or was rewound: not its chunk any more
-            slots, bases, ends = slots[live], bases[live], ends[live]
+            slots, starts, copied, ends = slots[live], starts[live], copied[live], ends[live]
         computed = links.computed
-        if slots.shape[0] <= builder.FEW_ROWS:  # scalar reads beat a few numpy calls
-            for slot, base, end in zip(slots.tolist(), bases.tolist(), ends.tolist(), strict=True):
-                if computed[slot] == base:
-                    computed[slot] = end
+        if slots.shape[0] > builder.FEW_ROWS:
+            mark_rows(slots, starts, copied, ends, computed)
             return
-        go = computed[slots] == bases
-        if _nz(go) == go.shape[0]:  # every row ran in order (the common case)
-            computed[slots] = ends
-        else:
-            computed[slots[go]] = ends[go]
+        for slot, start, c, end in zip(  # scalar reads beat a compiled call's arguments
+            slots.tolist(), starts.tolist(), copied.tolist(), ends.tolist(), strict=True
+        ):
+            if computed[slot] == start - c:
+                computed[slot] = end
 
     def update(self, descriptor: BatchDescriptor, sampled_token_ids) -> list[str]:
         """Retire ``descriptor``: record first tokens of requests whose prompt it
@@ -469,7 +467,23 @@ class PrefillScheduler:
         """
         d = descriptor
         rec = self._record(d, rows_alive=False)  # aborted rows are skipped below
-        tokens, flagless = first_tokens(sampled_token_ids, d.request_ids, self.config.vocab_size)
+        if (
+            rec.executed
+            and rec.epoch == self._epoch  # (every row live)
+            and not rec.copy_src.shape[0]
+            and rec.slots.shape[0] > builder.FEW_ROWS
+            and type(sampled_token_ids) is np.ndarray
+            and sampled_token_ids.ndim == 1
+            and sampled_token_ids.dtype.kind == "i"
+            and sampled_token_ids.shape[0] >= rec.slots.shape[0]
+        ):
+            moved = self._retire_all(rec, sampled_token_ids)
+            if moved is not None:
+                del self._outstanding[d.step]
+                if rec.seal is not None:
+                    rec.seal.release()
+                return moved
+        tokens = check_first_tokens(sampled_token_ids, d.request_ids, self.config.vocab_size)
         store = self._store
         links = store.links
         live = rec.live(links, self._epoch)
@@ -479,11 +493,30 @@ class PrefillScheduler:
         if rec.slots.shape[0] <= builder.FEW_ROWS:
             moved = self._retire_few(rec, live, tokens)
         else:
-            moved = self._retire(rec, live, tokens, flagless)
+            moved = self._retire(rec, live, tokens)
         del self._outstanding[d.step]
         if rec.seal is not None:
             rec.seal.release()
         return moved
+
+    def _retire_all(self, rec: StepRecord, tokens: np.ndarray) -> list | None:
+        """``_retire`` of a step whose rows are all live and copy nothing, if every row
+        ran and has a token (an int array, entries checked here): one compiled call,
+        then the cache's chains. None (nothing changed) otherwise."""
+        store, bs = self._store, self.config.block_size
+        links, slots, ends = store.links, rec.slots, rec.ends
+        ok, moved, tails = retire_rows(
+            slots, ends, rec.finishes, tokens, self.config.vocab_size, links.computed,
+            links.state, links.first, bs,
+        )  # fmt: skip
+        if not ok:
+            return None
+        self._queue.discard(moved)
+        if self._chains is not None:
+            self._chains.link_rows(slots, ends // bs)
+            for slot in tails.tolist():
+                self._chains.cache_tail(store.seq(slot))
+        return store.ids[moved].tolist()
 
     def _retire_few(self, rec: StepRecord, live: np.ndarray | None, tokens: np.ndarray) -> list:
         """``_retire`` row by row: a few rows' scalars beat two dozen numpy calls."""
@@ -528,9 +561,7 @@ class PrefillScheduler:
         ids = store.ids
         return [ids[slot] for slot in moved]
 
-    def _retire(
-        self, rec: StepRecord, live: np.ndarray | None, tokens: np.ndarray, flagless: bool
-    ) -> list:
+    def _retire(self, rec: StepRecord, live: np.ndarray | None, tokens: np.ndarray) -> list:
         """Record the step's first tokens, move its finished rows to transferring,
         rewind the rows whose chunk never computed and cache the blocks the rest wrote:
         the step's rows as whole arrays. Returns the moved requests' ids."""
@@ -543,20 +574,6 @@ class PrefillScheduler:
                 if links.copy_src[slot] >= 0:
                     self._unpin_copy(store.seq(slot))
         kept = links.computed[slots] >= ends  # else this chunk's KV was never computed
-        n = slots.shape[0]
-        if live is None and flagless and _nz(kept) == n:
-            # every row ran and has its token (the common case): fewer passes
-            done = finishes & (links.state[slots] == PREFILLING)
-            if _nz(done) == n:
-                moved_slots, firsts = slots, tokens
-            else:
-                moved_slots, firsts = slots[done], tokens[done]
-            links.first[moved_slots] = firsts
-            links.state[moved_slots] = TRANSFERRING
-            self._queue.discard(moved_slots)
-            if cache is not None:
-                self._link_kept(slots, ends, done)
-            return store.ids[moved_slots].tolist()
         if live is not None:
             kept &= live
             lost = live & ~kept

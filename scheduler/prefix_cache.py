@@ -69,7 +69,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .cache_runs import write_runs
+from .cache_runs import commit_runs, write_runs
 from .key_tags import key_tags
 
 KEY_BYTES = 16
@@ -394,7 +394,12 @@ class PrefixCache:
                 return None  # that child may hold the same tokens: ``register`` dedupes
         heads = [int(blocks[f]) for f in firsts]
         by_tag.update(zip(head_tags, heads, strict=True))
-        s0 = self._write_runs(blocks, tokens, tags, _NO_RUNS, _NO_RUNS)
+        s0, at = self._reserve(blocks.shape[0])
+        write_runs(
+            blocks, tokens, tags, _NO_RUNS, _NO_RUNS, s0, self.block_size, self.state,
+            self.serial, self.parent, self.filled, self.tokens, self.tag, self.next,
+            self._log, at,
+        )  # fmt: skip
         parent = self.parent
         for b, p in zip(heads, parents, strict=True):  # a head's parent: its run's
             parent[b] = p
@@ -418,11 +423,58 @@ class PrefixCache:
         """``register_few`` for many runs, given as arrays: the heads are checked in
         whole-array operations; runs that all start at the root (a step's first chunks)
         skip the checks that look at parent blocks."""
-        # (count_nonzero: cheaper than any / all reductions; only heads are checked, as
-        # in register_few)
+        # (count_nonzero: cheaper than any / all reductions)
         if np.count_nonzero(self.state[blocks]):  # a written block is private: never cached
             return None
-        heads, head_tags = blocks[firsts], tags[firsts]
+        checked = self._check_heads(blocks[firsts], tags[firsts], parents, parent_blocks)
+        if checked is None:
+            return None
+        s0, at = self._reserve(blocks.shape[0])
+        write_runs(
+            blocks, tokens, tags, firsts, parents, s0, self.block_size, self.state,
+            self.serial, self.parent, self.filled, self.tokens, self.tag, self.next,
+            self._log, at,
+        )  # fmt: skip
+        self._index_new(checked, parents, parent_blocks)
+        return s0
+
+    def register_store_runs(
+        self,
+        src: tuple[np.ndarray, ...],
+        heads: np.ndarray,
+        head_tags: np.ndarray,
+        parents: np.ndarray,
+        parent_blocks: np.ndarray,
+        total: int,
+    ) -> int | None:
+        """``register_many`` for runs read straight from a request store (the caller
+        checked that none of their ``total`` blocks is cached): ``src`` is
+        ``cache_runs.commit_runs``' first eight arguments (the rows' slots, first
+        blocks and ends, the store's block tables and arenas); ``heads`` / ``head_tags``
+        each run's first block and its tag."""
+        checked = self._check_heads(heads, head_tags, parents, parent_blocks)
+        if checked is None:
+            return None
+        s0, at = self._reserve(total)
+        commit_runs(
+            *src, self.block_size, parents, s0, self.state, self.serial, self.parent,
+            self.filled, self.tokens, self.tag, self.next, self._log, at,
+        )  # fmt: skip
+        self._index_new(checked, parents, parent_blocks)
+        return s0
+
+    def _check_heads(
+        self,
+        heads: np.ndarray,
+        head_tags: np.ndarray,
+        parents: np.ndarray,
+        parent_blocks: np.ndarray,
+    ) -> tuple | None:
+        """``register_many``'s checks of the runs' heads (only heads can meet what is
+        cached; see ``register_few``), whole arrays; runs that all start at the root (a
+        step's first chunks) skip the ones that look at parent blocks. On success the
+        heads are in the key index and the result is for ``_index_new``; None: refused,
+        nothing changed."""
         inner = parent_blocks >= 0
         n_inner = np.count_nonzero(inner)
         nb = None
@@ -433,7 +485,7 @@ class PrefixCache:
             nb = self.next[parent_blocks]
             if self._equal_child_may_exist(head_tags, parents, nb, inner):
                 return None
-            if not held:  # a parent block may be among ``blocks``: its ``next`` changes
+            if not held:  # a parent block may be among the new blocks: its ``next`` changes
                 nb = None
         elif np.count_nonzero(parents):  # (ROOT is 0) a parent without a block holding it
             return None  # is gone
@@ -447,36 +499,22 @@ class PrefixCache:
             for t in listed:
                 by_tag.pop(t, None)
             return None
-        s0 = self._write_runs(blocks, tokens, tags, firsts, parents)
-        if n_inner:  # (runs from the root have no parent block to index under)
-            self._index_heads(parents, parent_blocks, heads, inner, n_inner, nb)
-        return s0
+        return heads, inner, n_inner, nb
 
-    def _write_runs(
-        self,
-        blocks: np.ndarray,
-        tokens: np.ndarray,
-        tags: np.ndarray,
-        firsts: np.ndarray,
-        parents: np.ndarray,
-    ) -> int:
-        """The writes of a batch registration, its checks passed: serials from the next
-        one on, in ``blocks``' order, each block's parent the one before it but for the
-        heads at ``firsts`` (their runs' ``parents``); state, tokens, tags, ``next``
-        links and the log, in one compiled loop (``cache_runs.write_runs``). Returns the
-        first serial."""
-        total = blocks.shape[0]
+    def _reserve(self, total: int) -> tuple[int, int]:
+        """Serials and log entries for a batch of ``total`` registrations about to be
+        written (``write_runs`` / ``commit_runs``): (first serial, first entry)."""
         s0 = self._next_serial
         at = self._log_add(s0, total)
-        write_runs(
-            blocks, tokens, tags, firsts, parents, s0, self.block_size, self.state,
-            self.serial, self.parent, self.filled, self.tokens, self.tag, self.next,
-            self._log, at,
-        )  # fmt: skip
         self._next_serial = s0 + total
         self._count += total
         self.generation += 1
-        return s0
+        return s0, at
+
+    def _index_new(self, checked: tuple, parents: np.ndarray, parent_blocks: np.ndarray) -> None:
+        heads, inner, n_inner, nb = checked
+        if n_inner:  # (runs from the root have no parent block to index under)
+            self._index_heads(parents, parent_blocks, heads, inner, n_inner, nb)
 
     def _equal_child_may_exist(
         self, head_tags: np.ndarray, parents: np.ndarray, nb: np.ndarray, inner: np.ndarray

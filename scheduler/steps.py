@@ -73,11 +73,6 @@ class StepRecord:
             seal=seal,
         )
 
-    @property
-    def bases(self) -> np.ndarray:
-        """Tokens each row's KV must hold before the step: its context less the copy."""
-        return self.starts - self.copy_lens
-
     def mismatch(self, d: BatchDescriptor) -> DescriptorError | None:
         """The first way ``d``'s rows differ from what was issued (None: they do not)."""
         n = len(self.request_ids)

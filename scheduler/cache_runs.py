@@ -80,31 +80,31 @@ GROWS, MIXED, CACHED = 0, 1, 2  # plan_links' verdicts
 def plan_links(slots, fulls, linked, serial, link_block, table, tag_off, tag_arena, state):
     """The runs a step's rows add to their chains: row i's blocks ``linked[slot]`` ..
     ``fulls[i]`` - 1, after registration ``serial[slot]`` held by ``link_block[slot]``.
-    Returns (verdict, first, heads, head_tags, parents, parent_blocks, ends, lasts):
-    GROWS when every row has blocks to add, none has a broken chain (NOT_CACHED) and
-    none of the blocks is cached already -- then each run's first block index, its
-    first block and that block's key tag, its parent registration and block, where it
-    ends in the step's blocks and its last block; else MIXED (a row adds nothing or is
-    broken) or CACHED, and empty arrays."""
+    Returns (verdict, first, heads, head_tags, parents, parent_blocks, total, inner,
+    rooted): GROWS when every row has blocks to add, none has a broken chain
+    (NOT_CACHED) and none of the blocks is cached already -- then each run's first block
+    index, its first block and that block's key tag, its parent registration and block,
+    the number of blocks, how many runs have a parent block (not -1) and whether every
+    parent is the root (0); else MIXED (a row adds nothing or is broken) or CACHED, and
+    empty arrays."""
     n = slots.shape[0]
     none = np.empty(0, np.int64)
     total = 0
     for i in range(n):
         s = slots[i]
         if fulls[i] <= linked[s] or serial[s] == -1:  # (NOT_CACHED)
-            return MIXED, none, none, none, none, none, none, none
+            return MIXED, none, none, none, none, none, 0, 0, False
         for j in range(linked[s], fulls[i]):
             if state[table[s, j]] != 0:
-                return CACHED, none, none, none, none, none, none, none
+                return CACHED, none, none, none, none, none, 0, 0, False
         total += fulls[i] - linked[s]
     first = np.empty(n, np.int64)
     heads = np.empty(n, np.int64)
     head_tags = np.empty(n, np.int64)
     parents = np.empty(n, np.int64)
     parent_blocks = np.empty(n, np.int64)
-    ends = np.empty(n, np.int64)
-    lasts = np.empty(n, np.int64)
-    k = 0
+    inner = 0
+    rooted = True
     for i in range(n):
         s = slots[i]
         a = linked[s]
@@ -113,20 +113,24 @@ def plan_links(slots, fulls, linked, serial, link_block, table, tag_off, tag_are
         head_tags[i] = tag_arena[tag_off[s] + a]
         parents[i] = serial[s]
         parent_blocks[i] = link_block[s]
-        k += fulls[i] - a
-        ends[i] = k
-        lasts[i] = table[s, fulls[i] - 1]
-    return GROWS, first, heads, head_tags, parents, parent_blocks, ends, lasts
+        if link_block[s] >= 0:
+            inner += 1
+        if serial[s] != 0:  # (ROOT)
+            rooted = False
+    return GROWS, first, heads, head_tags, parents, parent_blocks, total, inner, rooted
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)
 def commit_runs(
-    slots, first, upto, table, tag_off, tag_arena, tok_off, tok_arena, bs, parents, s0,
-    state, serial, parent, filled, cache_tokens, tag, nxt, log, at,
+    slots, first, upto, table, tag_off, tag_arena, tok_off, tok_arena, linked, link_serial,
+    link_block, bs, parents, s0, state, serial, parent, filled, cache_tokens, tag, nxt, log,
+    at,
 ):  # fmt: skip
     """``write_runs`` for runs read straight from the request store: row i's blocks
     ``first[i]`` .. ``upto[i]`` - 1 of the request at store slot ``slots[i]`` (its block
-    table row, key tags and prompt tokens in the arenas), continuing ``parents[i]``."""
+    table row, key tags and prompt tokens in the arenas), continuing ``parents[i]``;
+    then the row's chain reaches its run's last block (``linked`` / ``link_serial`` /
+    ``link_block`` at its slot)."""
     k = 0
     prev = -1
     for i in range(slots.shape[0]):
@@ -146,5 +150,9 @@ def commit_runs(
             log[at + k] = b
             prev = b
             k += 1
+        if upto[i] > first[i]:
+            linked[s] = upto[i]
+            link_serial[s] = s0 + k - 1
+            link_block[s] = prev
     if prev >= 0:
         nxt[prev] = -1

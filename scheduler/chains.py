@@ -75,21 +75,18 @@ class Chains:
         runs' heads; else whole-array reads and writes of the store's ``Links``."""
         store = self.store
         links = store.links
-        verdict, first, heads, head_tags, parents, pblocks, ends, lasts = plan_links(
+        verdict, first, heads, head_tags, parents, pblocks, total, inner, rooted = plan_links(
             slots, fulls, links.linked, links.serial, links.block, store.table,
             store.tag_off, store.tags, self.cache.state,
         )  # fmt: skip
         if verdict == GROWS:
             src = (
                 slots, first, fulls, store.table, store.tag_off, store.tags, store.tok_off,
-                store.tokens,
+                store.tokens, links.linked, links.serial, links.block,
             )  # fmt: skip
-            total = int(ends[-1])
-            s0 = self.cache.register_store_runs(src, heads, head_tags, parents, pblocks, total)
-            if s0 is not None:
-                links.linked[slots] = fulls
-                links.serial[slots] = ends + (s0 - 1)
-                links.block[slots] = lasts
+            if self.cache.register_store_runs(
+                src, heads, head_tags, parents, pblocks, total, inner, rooted
+            ):
                 return
             self._register_many(slots, fulls, first, parents)  # (refused: resolved there)
             return

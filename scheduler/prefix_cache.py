@@ -446,22 +446,26 @@ class PrefixCache:
         parents: np.ndarray,
         parent_blocks: np.ndarray,
         total: int,
-    ) -> int | None:
+        n_inner: int,
+        rooted: bool,
+    ) -> bool:
         """``register_many`` for runs read straight from a request store (the caller
         checked that none of their ``total`` blocks is cached): ``src`` is
-        ``cache_runs.commit_runs``' first eight arguments (the rows' slots, first
-        blocks and ends, the store's block tables and arenas); ``heads`` / ``head_tags``
-        each run's first block and its tag."""
-        checked = self._check_heads(heads, head_tags, parents, parent_blocks)
+        ``cache_runs.commit_runs``' first eleven arguments (the rows' slots, first
+        blocks and ends, the store's block tables and arenas, the chain state each run
+        advances); ``heads`` / ``head_tags`` each run's first block and its tag;
+        ``n_inner`` the runs with a parent block, ``rooted``: every parent is the root.
+        False: refused, nothing changed."""
+        checked = self._check_heads(heads, head_tags, parents, parent_blocks, n_inner, rooted)
         if checked is None:
-            return None
+            return False
         s0, at = self._reserve(total)
         commit_runs(
             *src, self.block_size, parents, s0, self.state, self.serial, self.parent,
             self.filled, self.tokens, self.tag, self.next, self._log, at,
         )  # fmt: skip
         self._index_new(checked, parents, parent_blocks)
-        return s0
+        return True
 
     def _check_heads(
         self,
@@ -469,16 +473,23 @@ class PrefixCache:
         head_tags: np.ndarray,
         parents: np.ndarray,
         parent_blocks: np.ndarray,
+        n_inner: int = -1,
+        rooted: bool | None = None,
     ) -> tuple | None:
         """``register_many``'s checks of the runs' heads (only heads can meet what is
         cached; see ``register_few``), whole arrays; runs that all start at the root (a
-        step's first chunks) skip the ones that look at parent blocks. On success the
-        heads are in the key index and the result is for ``_index_new``; None: refused,
-        nothing changed."""
-        inner = parent_blocks >= 0
-        n_inner = np.count_nonzero(inner)
+        step's first chunks) skip the ones that look at parent blocks. If known:
+        ``n_inner``, how many parent blocks are not -1; ``rooted``, every parent is the
+        root. On success the heads are in the key index and the result is for
+        ``_index_new``; None: refused, nothing changed."""
+        inner = None
+        if n_inner < 0:
+            inner = parent_blocks >= 0
+            n_inner = np.count_nonzero(inner)
         nb = None
         if n_inner:  # some run continues a cached chain
+            if inner is None:
+                inner = parent_blocks >= 0
             held = self._parents_held(parents, parent_blocks, inner)
             if held < 0:
                 return None  # a parent is gone
@@ -487,8 +498,8 @@ class PrefixCache:
                 return None
             if not held:  # a parent block may be among the new blocks: its ``next`` changes
                 nb = None
-        elif np.count_nonzero(parents):  # (ROOT is 0) a parent without a block holding it
-            return None  # is gone
+        elif not rooted if rooted is not None else np.count_nonzero(parents):
+            return None  # (ROOT is 0) a parent without a block holding it is gone
         by_tag = self._by_tag
         listed = head_tags.tolist()
         if by_tag and not by_tag.keys().isdisjoint(listed):

@@ -71,6 +71,7 @@ import numpy as np
 
 from .cache_runs import commit_runs, write_runs
 from .key_tags import key_tags
+from .tag_index import TagIndex
 
 KEY_BYTES = 16
 TOKEN_DTYPE = np.dtype("<u4")  # how token ids are hashed: little-endian uint32
@@ -120,7 +121,7 @@ class PrefixCache:
         self.tokens = np.zeros((num_blocks, block_size), np.int64)
         self.next = np.full(num_blocks, -1, np.int64)  # the child registered right after it
         self.tag = np.zeros(num_blocks, np.int64)  # a full block's key tag
-        self._by_tag: dict[int, int] = {}  # tag -> run head (a candidate, not a hit)
+        self._index = TagIndex(num_blocks)  # tag -> run head (a candidate, not a hit)
         self._children: dict[tuple[int, int], list[int]] = {}  # (parent, first token) ->
         self._indexed = 0  # entries added to _children since it was last pruned
         self._count = 0
@@ -163,14 +164,14 @@ class PrefixCache:
         """Some full block is cached under key tag ``tag`` as a run head, or as the
         ``next`` of ``parent_block`` (holding registration ``parent``): a candidate for
         the block after that chain, not a hit."""
-        if tag in self._by_tag:
+        if tag in self._index:
             return True
         return parent_block >= 0 and self._next_child(parent, parent_block, tag) >= 0
 
     def holds_none(self, tags: np.ndarray, parents: np.ndarray, parent_blocks: np.ndarray) -> bool:
         """``holds`` is false for every (``tags[i]``, ``parents[i]``,
         ``parent_blocks[i]``): no row's next block can hit. Vectorised."""
-        if not self._by_tag.keys().isdisjoint(tags.tolist()):
+        if self._index and not self._index.isdisjoint(tags):
             return False
         nb = self.next[parent_blocks]  # -1 reads the last entry: masked below
         kid = (self.tag[nb] == tags) & (parent_blocks >= 0)
@@ -211,9 +212,9 @@ class PrefixCache:
         if first >= max_blocks:
             return []
         tags = key_tags(keys)
-        by_tag = self._by_tag
+        index = self._index
         tag = int(tags[first])
-        head = by_tag.get(tag)
+        head = index.get(tag)
         if head is None and parent == ROOT:  # the common miss: one probe
             return []
         out: list[int] = []
@@ -232,7 +233,7 @@ class PrefixCache:
                 if m:
                     out = self._log[pos + 1 : pos + 1 + m].tolist()
                     j, par = j + m, parent + m  # consecutive serials
-                    head = by_tag.get(int(tags[j])) if j < max_blocks else None
+                    head = index.get(int(tags[j])) if j < max_blocks else None
         while head is not None and self.parent[head] == par:  # a run head, then its run
             s = int(self.serial[head])
             pos, end = self._locate(s)
@@ -245,7 +246,7 @@ class PrefixCache:
             j, par = j + m, s + m - 1
             if j >= max_blocks:
                 break
-            head = by_tag.get(int(tags[j]))
+            head = index.get(int(tags[j]))
         return out
 
     def _locate(self, serial: int) -> tuple[int, int]:
@@ -382,10 +383,10 @@ class PrefixCache:
         # Only heads can meet what is cached: a later block's parent is a registration
         # made below, so nothing cached shares its parent (no equal block, no sibling)
         # and it needs no key check; match reaches it through the log, not the index.
-        by_tag = self._by_tag
+        index = self._index
         head_tags = [int(tags[f]) for f in firsts]
         for t in head_tags:
-            if t in by_tag:
+            if t in index:
                 return None  # a head's key is taken
         if len(head_tags) > 1 and len(set(head_tags)) < len(head_tags):
             return None  # a head's key repeated
@@ -393,7 +394,8 @@ class PrefixCache:
             if pb >= 0 and self._next_child(p, pb, t) >= 0:
                 return None  # that child may hold the same tokens: ``register`` dedupes
         heads = [int(blocks[f]) for f in firsts]
-        by_tag.update(zip(head_tags, heads, strict=True))
+        for t, h in zip(head_tags, heads, strict=True):
+            index[t] = h
         s0, at = self._reserve(blocks.shape[0])
         write_runs(
             blocks, tokens, tags, _NO_RUNS, _NO_RUNS, s0, self.block_size, self.state,
@@ -500,16 +502,8 @@ class PrefixCache:
                 nb = None
         elif not rooted if rooted is not None else np.count_nonzero(parents):
             return None  # (ROOT is 0) a parent without a block holding it is gone
-        by_tag = self._by_tag
-        listed = head_tags.tolist()
-        if by_tag and not by_tag.keys().isdisjoint(listed):
-            return None  # a head's key is taken
-        before = len(by_tag)
-        by_tag.update(zip(listed, heads.tolist(), strict=True))  # C-level: no per-run Python
-        if len(by_tag) != before + len(listed):  # a head's key repeated: undo (all were new)
-            for t in listed:
-                by_tag.pop(t, None)
-            return None
+        if not self._index.add_new(head_tags, heads):
+            return None  # a head's key is taken, or repeated among the heads
         return heads, inner, n_inner, nb
 
     def _reserve(self, total: int) -> tuple[int, int]:
@@ -674,7 +668,7 @@ class PrefixCache:
         if parent == NOT_CACHED or not self.live(parent_block, parent):
             return NOT_CACHED, -1
         tag = key if isinstance(key, int) else hash(key)
-        held = self._by_tag.get(tag)
+        held = self._index.get(tag)
         if held is not None:
             if self.parent[held] == parent and np.array_equal(self.tokens[held], tokens):
                 return int(self.serial[held]), held
@@ -689,7 +683,7 @@ class PrefixCache:
             return NOT_CACHED, -1
         serial = self._put(block, parent, parent_block, tokens, FULL)
         self.tag[block] = tag
-        self._by_tag[tag] = block
+        self._index[tag] = block
         self._log[self._log_add(serial, 1)] = block
         return serial, block
 
@@ -783,8 +777,7 @@ class PrefixCache:
         block, _ = self._evictable.popitem(last=False)
         if self.state[block] == FULL:
             tag = int(self.tag[block])
-            if self._by_tag.get(tag) == block:  # an orphan may have lost its key already
-                del self._by_tag[tag]
+            self._index.discard(tag, block)  # (an orphan may have lost its key already)
         self.state[block] = NONE
         self._count -= 1
         return block

@@ -46,7 +46,7 @@ def test_only_run_heads_are_indexed():
     cache = PrefixCache(16, BS)
     put_run(cache, [1, 2, 3, 4], PROMPT, 0)
     tags = tags_of(PROMPT)
-    assert list(cache._by_tag.values()) == [1]
+    assert [b for _, b in cache._index.items()] == [1]
     assert cache.holds(int(tags[0])) and not cache.holds(int(tags[1]))
 
 
@@ -87,7 +87,7 @@ def test_a_run_registered_with_others_in_one_call():
         np.array([1, 2, 3, 4, 5]), toks, tags, np.array([3, 2]), np.array([ROOT, ROOT]),
         np.array([-1, -1]),
     )  # fmt: skip
-    assert last is not None and len(cache._by_tag) == 2
+    assert last is not None and len(cache._index) == 2
     assert cache.match(tags_of(PROMPT), np.array(PROMPT), 0, ROOT, 6) == [1, 2, 3]
     assert cache.match(tags_of(p2), np.array(p2), 0, ROOT, 6) == [4, 5]
     # block 4 follows block 3 in the log, but it is the next run's head: not block 3's child

@@ -30,7 +30,7 @@ def state_of(c: PrefixCache) -> tuple:
     n = c._log_len
     return (
         c.state.tobytes(), c.serial.tobytes(), c.parent.tobytes(), c.filled.tobytes(),
-        c.tokens.tobytes(), c.next.tobytes(), c.tag.tobytes(), sorted(c._by_tag.items()),
+        c.tokens.tobytes(), c.next.tobytes(), c.tag.tobytes(), c._index.items(),
         sorted((k, tuple(v)) for k, v in c._children.items()), c._indexed, c._count,
         c._next_serial, c._log[:n].tobytes(), c._log_serial, c._log_at, c.generation,
     )  # fmt: skip

@@ -6,19 +6,20 @@ becomes a copy source (``register_partial``).
 
 A chain lives in the request store's ``Links`` arrays at the request's slot (how many
 leading blocks are linked, the serial of the last link, the block holding it), so a step's
-rows advance as whole arrays; a few rows, one by one (scalar reads beat a dozen numpy calls).
+rows advance as whole arrays.
 
 Per-step host cost is the point here (a step's update runs cold: the number of numpy
-calls counts more than their size): the blocks, tokens and tags a step registers are
-gathered once -- a few rows as slices of their arenas (one run: views of the tokens and
-tags), many rows in one compiled loop (``cache_runs.gather_runs``).
+calls counts more than their size): in the usual case a step's runs are planned in one
+compiled call and, once the cache accepted their heads, written in another, straight
+from the store's arenas (``cache_runs``); where something collides, the runs' blocks,
+tokens and tags are gathered in one compiled loop (``gather_runs``) and registered run
+by run or block by block.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import builder
 from .cache_runs import GROWS, gather_runs, plan_links
 from .config import SchedulerConfig
 from .prefix_cache import NOT_CACHED, PrefixCache
@@ -42,37 +43,13 @@ class Chains:
                 int(seq.block_ids[full]), serial, seq.link_block, seq.prompt[full * bs :]
             )
 
-    def link_rows(self, slots: np.ndarray, fulls: np.ndarray) -> None:
-        """Extend the chains of the requests at ``slots`` (rows whose chunk ran and was
-        kept) to their first ``fulls`` full blocks, now written."""
-        if slots.shape[0] <= builder.FEW_ROWS:
-            self.link_few(slots.tolist(), fulls.tolist())
-        else:
-            self.link(slots, fulls)
-
-    def link_few(self, slots: list[int], fulls: list[int]) -> None:
-        """``link`` row by row (a few rows: scalar reads beat a dozen numpy calls)."""
-        links = self.store.links
-        linked, serial = links.linked, links.serial
-        runs = []
-        for slot, full in zip(slots, fulls, strict=True):
-            first = int(linked[slot])
-            if full <= first:
-                continue
-            parent = int(serial[slot])
-            if parent == NOT_CACHED:  # nothing after a broken link is cached
-                linked[slot] = full
-            else:
-                runs.append((slot, first, full, parent))
-        if runs:
-            self._register_few(runs)
-
     def link(self, slots: np.ndarray, fulls: np.ndarray) -> None:
-        """Extend the chains of the requests at ``slots`` to their first ``fulls`` full
-        blocks, now written. The usual case (every row adds blocks to an unbroken chain,
-        none of them cached yet) is planned and written in two compiled calls
-        (``cache_runs.plan_links`` / ``commit_runs``) around the cache's checks of the
-        runs' heads; else whole-array reads and writes of the store's ``Links``."""
+        """Extend the chains of the requests at ``slots`` (rows whose chunk ran and was
+        kept) to their first ``fulls`` full blocks, now written. The usual case (every
+        row adds blocks to an unbroken chain, none of them cached yet) is planned and
+        written in two compiled calls (``cache_runs.plan_links`` / ``commit_runs``)
+        around the cache's checks of the runs' heads; else whole-array reads and writes
+        of the store's ``Links``."""
         store = self.store
         links = store.links
         verdict, first, heads, head_tags, parents, pblocks, total, inner, rooted = plan_links(
@@ -103,44 +80,6 @@ class Chains:
         grow &= ~broken  # (fewer rows than all: some row does not grow, or is broken)
         if np.count_nonzero(grow):
             self._register_many(slots[grow], fulls[grow], first[grow], parents[grow])
-
-    def _register_few(self, runs: list[tuple[int, int, int, int]]) -> None:
-        """Cache runs (slot, first block, upto, parent serial) of a few rows: their
-        tokens and tags are slices of the arenas (one run: views; its blocks a copy as
-        int64)."""
-        store, bs = self.store, self.block_size
-        links = store.links
-        if len(runs) == 1:
-            slot, a, u, parent = runs[0]
-            blocks = store.table[slot, a:u].astype(np.int64)
-            t0 = int(store.tok_off[slot])
-            tokens = store.tokens[t0 + a * bs : t0 + u * bs].reshape(-1, bs)
-            k0 = int(store.tag_off[slot])
-            tags = store.tags[k0 + a : k0 + u]
-            firsts, parents = [0], [parent]
-        else:
-            table, tok_off, tag_off = store.table, store.tok_off, store.tag_off
-            tok_parts, tag_parts, firsts, parents, at = [], [], [], [], 0
-            for s, a, u, p in runs:
-                t0, k0 = int(tok_off[s]), int(tag_off[s])
-                tok_parts.append(store.tokens[t0 + a * bs : t0 + u * bs])
-                tag_parts.append(store.tags[k0 + a : k0 + u])
-                firsts.append(at)
-                parents.append(p)
-                at += u - a
-            blocks = np.concatenate([table[s, a:u] for s, a, u, _ in runs], dtype=np.int64)
-            tokens = np.concatenate(tok_parts).reshape(-1, bs)
-            tags = np.concatenate(tag_parts)
-        block = links.block
-        pblocks = [int(block[r[0]]) for r in runs]
-        s0 = self.cache.register_few(blocks, tokens, tags, firsts, parents, pblocks)
-        if s0 is not None:
-            linked, serial, end = links.linked, links.serial, 0
-            for slot, a, u, _ in runs:
-                end += u - a
-                linked[slot], serial[slot], block[slot] = u, s0 + end - 1, blocks[end - 1]
-            return
-        self._one_by_one([(s, u, u - a) for s, a, u, _ in runs], blocks, tokens, tags)
 
     def _register_many(
         self, slots: np.ndarray, upto: np.ndarray, first: np.ndarray, parents: np.ndarray

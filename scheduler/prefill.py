@@ -513,7 +513,7 @@ class PrefillScheduler:
             return None
         self._queue.discard(moved)
         if self._chains is not None:
-            self._chains.link_rows(slots, ends // bs)
+            self._chains.link(slots, ends // bs)
             for slot in tails.tolist():
                 self._chains.cache_tail(store.seq(slot))
         return store.ids[moved].tolist()
@@ -555,7 +555,7 @@ class PrefillScheduler:
         if moved:
             self._queue.discard(moved)
         if cache is not None and kept:
-            self._chains.link_few(kept, fulls)
+            self._chains.link(np.array(kept, np.int64), np.array(fulls, np.int64))
             for slot in tails:
                 self._chains.cache_tail(store.seq(slot))
         ids = store.ids
@@ -603,7 +603,7 @@ class PrefillScheduler:
         """Advance the chains of rows whose chunk ran and was kept (``done``: they
         finished their prompt, its last partly filled block included)."""
         bs = self.config.block_size
-        self._chains.link_rows(slots, ends // bs)
+        self._chains.link(slots, ends // bs)
         tails = done & (ends % bs != 0)
         if _nz(tails):
             store = self._store

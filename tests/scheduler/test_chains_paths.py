@@ -211,7 +211,6 @@ def test_tokens_are_gathered_from_the_arena_after_it_is_compacted(few, monkeypat
         return seen
 
     monkeypatch.setattr(Chains, "link", watch(Chains.link))
-    monkeypatch.setattr(Chains, "link_few", watch(Chains.link_few))
     monkeypatch.setattr(builder, "FEW_ROWS", few)
     s = _serve(cfg, prompts)
     cache = s.blocks.cache
@@ -235,7 +234,7 @@ def one_key(parent: bytes, tokens: bytes) -> bytes:
 def test_a_broken_chain_only_moves_past_its_blocks(few, monkeypatch):
     """Every block has one key: a second prompt's first block cannot be cached (a live
     chain's head holds the key), so its chain breaks; its later chunks only move past
-    their blocks (``link_few`` row by row, ``link``'s cut rows), caching nothing."""
+    their blocks (``link``'s cut rows), caching nothing."""
     monkeypatch.setattr(pc, "block_key", one_key)
     monkeypatch.setattr(builder, "FEW_ROWS", few)
     cut = {"link": 0}

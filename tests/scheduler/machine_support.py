@@ -80,6 +80,34 @@ def request_states(s: PrefillScheduler) -> tuple:
     )
 
 
+def scheduler_state(s: PrefillScheduler) -> tuple:
+    """Requests, block accounting, counters and the prefix cache's arrays and index: what
+    two runs of one workload must agree on (any config)."""
+    cache = s.blocks.cache
+    cached = (
+        ()
+        if cache is None
+        else (
+            cache.state.tobytes(),
+            cache.serial.tobytes(),
+            cache.parent.tobytes(),
+            cache.tokens.tobytes(),
+            cache.tag.tobytes(),
+            cache.num_evictable,
+            cache._index.items(),
+        )
+    )
+    return (
+        request_states(s),
+        tuple(s.blocks._free),
+        tuple(s.blocks._ref),
+        s._steps,
+        s._arrivals,
+        s.stats(),
+        cached,
+    )
+
+
 def full_state(s: PrefillScheduler) -> tuple:
     seqs = request_states(s)
     steps = tuple((k, r.executed) for k, r in s._outstanding.items())

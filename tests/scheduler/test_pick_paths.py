@@ -28,7 +28,7 @@ from graphbatch.scheduler import (
 from graphbatch.scheduler.chains import Chains
 from graphbatch.scheduler.fields import FIELDS
 
-from .machine_support import request_states
+from .machine_support import scheduler_state
 
 BASE = SchedulerConfig(
     max_num_seqs=24,
@@ -45,30 +45,6 @@ CONFIGS = {
     "chunk-cap": dataclasses.replace(BASE, long_prefill_token_threshold=10),
     "no-copy": dataclasses.replace(BASE, max_copy_slots=0),
 }
-
-
-def _snapshot(s: PrefillScheduler) -> tuple:
-    seqs = request_states(s)
-    cache = s.blocks.cache
-    cached = (
-        ()
-        if cache is None
-        else (
-            cache.state.tobytes(),
-            cache.serial.tobytes(),
-            cache.parent.tobytes(),
-            cache.num_evictable,
-        )
-    )
-    return (
-        seqs,
-        tuple(s.blocks._free),
-        tuple(s.blocks._ref),
-        s._steps,
-        s._arrivals,
-        s.stats(),
-        cached,
-    )
 
 
 def _descriptor(d) -> tuple:
@@ -131,7 +107,7 @@ def _workload(cfg: SchedulerConfig, seed: int, few: int) -> list:
                 rid = rng.choice(sorted(s._seqs))
                 s.abort(rid)
                 trace.append(("abort", rid))
-            trace.append(_snapshot(s))
+            trace.append(scheduler_state(s))
     finally:
         builder.FEW_ROWS = saved
     return trace

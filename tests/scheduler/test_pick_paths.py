@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import pytest
 from graphbatch.scheduler import (
     PrefillScheduler,
@@ -27,6 +28,7 @@ from graphbatch.scheduler import (
 )
 from graphbatch.scheduler.chains import Chains
 from graphbatch.scheduler.fields import FIELDS
+from graphbatch.scheduler.prefix_cache import PrefixCache
 
 from .machine_support import scheduler_state
 
@@ -90,6 +92,8 @@ def _workload(cfg: SchedulerConfig, seed: int, few: int) -> list:
                 d = inflight.pop(0 if rng.random() < 0.8 else -1)
                 tokens = [rng.randrange(cfg.vocab_size) if rng.random() < 0.95 else -1
                           for _ in range(d.num_seqs)]  # fmt: skip
+                if rng.random() < 0.5:  # an int array can take the compiled retire
+                    tokens = np.array(tokens, np.int64)
                 try:
                     moved = s.update(d, tokens)
                 except (ValueError, StaleDescriptor) as e:
@@ -124,6 +128,20 @@ def test_whole_array_and_row_by_row_paths_agree(name, seed):
         assert a == b, f"operation {i}: row by row {a!r}\nwhole arrays {b!r}"
 
 
+@pytest.mark.parametrize("name", ["cache", "no-wait", "chunk-cap"])
+@pytest.mark.parametrize("seed", range(4))
+def test_runs_from_the_store_register_as_gathered_ones(name, seed, monkeypatch):
+    """A step's runs are registered straight from the store (``register_store_runs``)
+    unless the cache refuses them; the gathered way (``register_many``, then run by run
+    and block by block) must leave the same state after every operation."""
+    cfg = CONFIGS[name]
+    direct = _workload(cfg, seed, few=0)
+    monkeypatch.setattr(PrefixCache, "register_store_runs", lambda self, *args: False)
+    gathered = _workload(cfg, seed, few=0)
+    for i, (a, b) in enumerate(zip(direct, gathered, strict=True)):
+        assert a == b, f"operation {i}: from the store {a!r}\ngathered {b!r}"
+
+
 def test_the_workloads_reach_every_path(monkeypatch):
     """The replay above would prove little if its workloads never took the whole-array
     picking, never fell back from it, and never hit, waited, copied or rewound."""
@@ -148,6 +166,14 @@ def test_the_workloads_reach_every_path(monkeypatch):
         return out
 
     monkeypatch.setattr(prefill, "plan_rows", plan)
+    real_retire = prefill.retire_rows
+
+    def retire(*args):
+        out = real_retire(*args)
+        seen[f"retire_rows {bool(out[0])}"] = seen.get(f"retire_rows {bool(out[0])}", 0) + 1
+        return out
+
+    monkeypatch.setattr(prefill, "retire_rows", retire)
     monkeypatch.setattr(P, "_plain", count(lambda ok: f"plain {ok}", P._plain))
     rows = count("rows", P._pick_rows)
     monkeypatch.setattr(P, "_pick_rows", lambda self, q, wait: _mark(seen, rows(self, q, wait)))
@@ -167,6 +193,7 @@ def test_the_workloads_reach_every_path(monkeypatch):
         "waited",
         "copied",
         "PLAIN",
+        "retire_rows True",
         "COPY",
         "TWICE",
     ):

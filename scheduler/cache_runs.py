@@ -14,6 +14,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .tag_index import _find, insert_absent
+
 FULL = 1  # PrefixCache's state of a full block (prefix_cache.FULL)
 
 
@@ -73,74 +75,87 @@ def write_runs(
         parent[blocks[heads[r]]] = parents[r]
 
 
-GROWS, MIXED, CACHED = 0, 1, 2  # plan_links' verdicts
+GROWS, MIXED, CACHED, REFUSED = 0, 1, 2, 3  # plan_links' verdicts
+ROOT, NOT_CACHED = 0, -1  # (prefix_cache's)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)
-def plan_links(slots, fulls, linked, serial, link_block, table, tag_off, tag_arena, state):
-    """The runs a step's rows add to their chains: row i's blocks ``linked[slot]`` ..
-    ``fulls[i]`` - 1, after registration ``serial[slot]`` held by ``link_block[slot]``.
-    Returns (verdict, first, heads, head_tags, parents, parent_blocks, total, inner,
-    rooted): GROWS when every row has blocks to add, none has a broken chain
-    (NOT_CACHED) and none of the blocks is cached already -- then each run's first block
-    index, its first block and that block's key tag, its parent registration and block,
-    the number of blocks, how many runs have a parent block (not -1) and whether every
-    parent is the root (0); else MIXED (a row adds nothing or is broken) or CACHED, and
-    empty arrays."""
+def plan_links(
+    slots, fulls, linked, serial, link_block, table, tag_off, tag_arena,
+    state, c_serial, c_parent, c_next, c_tag, keys, vals,
+):  # fmt: skip
+    """The runs a step's rows add to their chains -- row i's blocks ``linked[slot]`` ..
+    ``fulls[i]`` - 1, after registration ``serial[slot]`` held by ``link_block[slot]``
+    -- and whether the cache takes them as one batch (``PrefixCache.register_many``'s
+    checks, on the cache's arrays and its key index ``keys`` / ``vals``). Returns
+    (verdict, blocks, runs with a parent block, every such parent held): GROWS when
+    every row adds blocks to an unbroken chain (not NOT_CACHED), none of the blocks is
+    cached, and the heads pass the checks; MIXED (a row adds nothing or is broken),
+    CACHED, or REFUSED (a parent is gone, a head may equal its parent block's ``next``,
+    a head's tag is taken or repeated) otherwise."""
     n = slots.shape[0]
-    none = np.empty(0, np.int64)
     total = 0
     for i in range(n):
         s = slots[i]
-        if fulls[i] <= linked[s] or serial[s] == -1:  # (NOT_CACHED)
-            return MIXED, none, none, none, none, none, 0, 0, False
+        if fulls[i] <= linked[s] or serial[s] == NOT_CACHED:
+            return MIXED, 0, 0, False
         for j in range(linked[s], fulls[i]):
             if state[table[s, j]] != 0:
-                return CACHED, none, none, none, none, none, 0, 0, False
+                return CACHED, 0, 0, False
         total += fulls[i] - linked[s]
-    first = np.empty(n, np.int64)
-    heads = np.empty(n, np.int64)
-    head_tags = np.empty(n, np.int64)
-    parents = np.empty(n, np.int64)
-    parent_blocks = np.empty(n, np.int64)
     inner = 0
-    rooted = True
+    held = True
+    head_tags = np.empty(n, np.int64)
     for i in range(n):
         s = slots[i]
-        a = linked[s]
-        first[i] = a
-        heads[i] = table[s, a]
-        head_tags[i] = tag_arena[tag_off[s] + a]
-        parents[i] = serial[s]
-        parent_blocks[i] = link_block[s]
-        if link_block[s] >= 0:
+        p, pb = serial[s], link_block[s]
+        t = tag_arena[tag_off[s] + linked[s]]
+        head_tags[i] = t
+        if pb >= 0:
             inner += 1
-        if serial[s] != 0:  # (ROOT)
-            rooted = False
-    return GROWS, first, heads, head_tags, parents, parent_blocks, total, inner, rooted
+            if not (c_serial[pb] == p and state[pb] == FULL):
+                held = False
+                if p != ROOT:
+                    return REFUSED, 0, 0, False  # its parent is gone
+            nb = c_next[pb]  # that child may hold the same tokens: ``register`` dedupes
+            if nb >= 0 and c_tag[nb] == t and state[nb] == FULL and c_parent[nb] == p:
+                return REFUSED, 0, 0, False
+        else:
+            held = False
+            if p != ROOT:
+                return REFUSED, 0, 0, False  # a parent without a block holding it is gone
+        if _find(keys, vals, t) >= 0:
+            return REFUSED, 0, 0, False  # its key is taken
+    if n > 1:
+        head_tags.sort()
+        for i in range(1, n):
+            if head_tags[i] == head_tags[i - 1]:
+                return REFUSED, 0, 0, False  # a key repeated
+    return GROWS, total, inner, held
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)
 def commit_runs(
-    slots, first, upto, table, tag_off, tag_arena, tok_off, tok_arena, linked, link_serial,
-    link_block, bs, parents, s0, state, serial, parent, filled, cache_tokens, tag, nxt, log,
-    at,
+    slots, upto, table, tag_off, tag_arena, tok_off, tok_arena, linked, link_serial,
+    link_block, bs, s0, state, serial, parent, filled, cache_tokens, tag, nxt, log, at,
+    keys, vals, counts,
 ):  # fmt: skip
-    """``write_runs`` for runs read straight from the request store: row i's blocks
-    ``first[i]`` .. ``upto[i]`` - 1 of the request at store slot ``slots[i]`` (its block
-    table row, key tags and prompt tokens in the arenas), continuing ``parents[i]``;
-    then the row's chain reaches its run's last block (``linked`` / ``link_serial`` /
-    ``link_block`` at its slot)."""
+    """``write_runs`` for the runs ``plan_links`` accepted, read straight from the
+    request store: row i's blocks ``linked[slot]`` .. ``upto[i]`` - 1 of the request at
+    store slot ``slots[i]`` (its block table row, key tags and prompt tokens in the
+    arenas), continuing registration ``link_serial[slot]``; each run's first block goes
+    into the key index, and the row's chain reaches its run's last block."""
     k = 0
     prev = -1
     for i in range(slots.shape[0]):
         s = slots[i]
-        for j in range(first[i], upto[i]):
+        a = linked[s]
+        for j in range(a, upto[i]):
             b = table[s, j]
             if prev >= 0:
                 nxt[prev] = b
             serial[b] = s0 + k
-            parent[b] = parents[i] if j == first[i] else s0 + k - 1
+            parent[b] = link_serial[s] if j == a else s0 + k - 1
             state[b] = FULL
             filled[b] = bs
             o = tok_off[s] + j * bs
@@ -150,9 +165,9 @@ def commit_runs(
             log[at + k] = b
             prev = b
             k += 1
-        if upto[i] > first[i]:
-            linked[s] = upto[i]
-            link_serial[s] = s0 + k - 1
-            link_block[s] = prev
+        insert_absent(keys, vals, counts, tag_arena[tag_off[s] + a], table[s, a])
+        linked[s] = upto[i]
+        link_serial[s] = s0 + k - 1
+        link_block[s] = prev
     if prev >= 0:
         nxt[prev] = -1

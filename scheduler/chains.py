@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cache_runs import GROWS, gather_runs, plan_links
+from .cache_runs import GROWS, REFUSED, gather_runs
 from .config import SchedulerConfig
 from .prefix_cache import NOT_CACHED, PrefixCache
 from .sequence import Sequence
@@ -46,26 +46,26 @@ class Chains:
     def link(self, slots: np.ndarray, fulls: np.ndarray) -> None:
         """Extend the chains of the requests at ``slots`` (rows whose chunk ran and was
         kept) to their first ``fulls`` full blocks, now written. The usual case (every
-        row adds blocks to an unbroken chain, none of them cached yet) is planned and
-        written in two compiled calls (``cache_runs.plan_links`` / ``commit_runs``)
-        around the cache's checks of the runs' heads; else whole-array reads and writes
-        of the store's ``Links``."""
-        store = self.store
+        row adds blocks to an unbroken chain, none of them cached yet, the cache takes
+        them as one batch) is checked and written in two compiled calls
+        (``PrefixCache.plan_store_runs`` / ``commit_store_runs``); else the runs are
+        gathered and registered as ``register_many`` takes them, or run by run."""
+        store, cache = self.store, self.cache
         links = store.links
-        verdict, first, heads, head_tags, parents, pblocks, total, inner, rooted = plan_links(
-            slots, fulls, links.linked, links.serial, links.block, store.table,
-            store.tag_off, store.tags, self.cache.state,
-        )  # fmt: skip
-        if verdict == GROWS:
+        plan = cache.plan_store_runs(
+            slots,
+            fulls,
+            (links.linked, links.serial, links.block, store.table, store.tag_off, store.tags),
+        )
+        if plan[0] == GROWS:
             src = (
-                slots, first, fulls, store.table, store.tag_off, store.tags, store.tok_off,
-                store.tokens, links.linked, links.serial, links.block,
+                store.table, store.tag_off, store.tags, store.tok_off, store.tokens,
+                links.linked, links.serial, links.block,
             )  # fmt: skip
-            if self.cache.register_store_runs(
-                src, heads, head_tags, parents, pblocks, total, inner, rooted
-            ):
-                return
-            self._register_many(slots, fulls, first, parents)  # (refused: resolved there)
+            cache.commit_store_runs(slots, fulls, src, plan)
+            return
+        if plan[0] == REFUSED:  # resolved run by run, block by block
+            self._register_many(slots, fulls, links.linked[slots], links.serial[slots])
             return
         first, parents = links.linked[slots], links.serial[slots]
         grow = fulls > first

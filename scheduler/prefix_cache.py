@@ -69,7 +69,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .cache_runs import commit_runs, write_runs
+from .cache_runs import commit_runs, plan_links, write_runs
 from .key_tags import key_tags
 from .tag_index import TagIndex
 
@@ -440,34 +440,47 @@ class PrefixCache:
         self._index_new(checked, parents, parent_blocks)
         return s0
 
-    def register_store_runs(
-        self,
-        src: tuple[np.ndarray, ...],
-        heads: np.ndarray,
-        head_tags: np.ndarray,
-        parents: np.ndarray,
-        parent_blocks: np.ndarray,
-        total: int,
-        n_inner: int,
-        rooted: bool,
-    ) -> bool:
-        """``register_many`` for runs read straight from a request store (the caller
-        checked that none of their ``total`` blocks is cached): ``src`` is
-        ``cache_runs.commit_runs``' first eleven arguments (the rows' slots, first
-        blocks and ends, the store's block tables and arenas, the chain state each run
-        advances); ``heads`` / ``head_tags`` each run's first block and its tag;
-        ``n_inner`` the runs with a parent block, ``rooted``: every parent is the root.
-        False: refused, nothing changed."""
-        checked = self._check_heads(heads, head_tags, parents, parent_blocks, n_inner, rooted)
-        if checked is None:
-            return False
-        s0, at = self._reserve(total)
-        commit_runs(
-            *src, self.block_size, parents, s0, self.state, self.serial, self.parent,
-            self.filled, self.tokens, self.tag, self.next, self._log, at,
+    def plan_store_runs(
+        self, slots: np.ndarray, fulls: np.ndarray, store_arrays: tuple[np.ndarray, ...]
+    ) -> tuple[int, int, int, bool]:
+        """Whether the runs rows ``slots`` of a request store add to their chains (up to
+        their ``fulls`` blocks) go in as one batch: ``cache_runs.plan_links`` with this
+        cache's arrays (``store_arrays``: the store's chain state, block tables and tag
+        arena, as it takes them). Returns (verdict, blocks, runs with a parent block,
+        every such parent held), for ``commit_store_runs``. Changes nothing (but may
+        rebuild the key index's table: its entries stay)."""
+        index = self._index
+        index.room(slots.shape[0])  # (before: the plan reads the arrays the commit writes)
+        return plan_links(
+            slots, fulls, *store_arrays, self.state, self.serial, self.parent, self.next,
+            self.tag, index.keys, index.vals,
         )  # fmt: skip
-        self._index_new(checked, parents, parent_blocks)
-        return True
+
+    def commit_store_runs(
+        self,
+        slots: np.ndarray,
+        fulls: np.ndarray,
+        src: tuple[np.ndarray, ...],
+        plan: tuple[int, int, int, bool],
+    ) -> None:
+        """Register the runs ``plan_store_runs`` accepted (``plan``), read straight from
+        the store (``src``: ``commit_runs``' arguments from the block tables to the
+        chain state), and advance each row's chain past its run."""
+        _, total, n_inner, held = plan
+        table, tag_off, tags, _, _, linked, link_serial, link_block = src
+        if n_inner:  # runs continuing a cached chain: indexed under their parent blocks
+            heads = table[slots, linked[slots]].astype(np.int64)
+            parents, pblocks = link_serial[slots], link_block[slots]
+            nb = self.next[pblocks] if held else None  # (as of before the writes)
+        s0, at = self._reserve(total)
+        index = self._index
+        commit_runs(
+            slots, fulls, *src, self.block_size, s0, self.state, self.serial, self.parent,
+            self.filled, self.tokens, self.tag, self.next, self._log, at, index.keys,
+            index.vals, index.counts,
+        )  # fmt: skip
+        if n_inner:
+            self._index_heads(parents, pblocks, heads, pblocks >= 0, n_inner, nb)
 
     def _check_heads(
         self,

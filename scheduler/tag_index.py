@@ -52,6 +52,17 @@ def _free_slot(keys, vals, tag):
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)
+def insert_absent(keys, vals, counts, tag, block):
+    """Add ``tag`` (known to be absent; the caller made room) -> ``block``."""
+    h = _free_slot(keys, vals, tag)
+    if vals[h] == EMPTY:
+        counts[1] += 1
+    counts[0] += 1
+    keys[h] = tag
+    vals[h] = block
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=True)
 def _get(keys, vals, tag):
     h = _find(keys, vals, tag)
     return vals[h] if h >= 0 else -1
@@ -61,12 +72,9 @@ def _get(keys, vals, tag):
 def _put(keys, vals, counts, tag, block):
     h = _find(keys, vals, tag)
     if h < 0:
-        h = _free_slot(keys, vals, tag)
-        if vals[h] == EMPTY:
-            counts[1] += 1
-        counts[0] += 1
-        keys[h] = tag
-    vals[h] = block
+        insert_absent(keys, vals, counts, tag, block)
+    else:
+        vals[h] = block
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)
@@ -100,12 +108,7 @@ def _add_new(keys, vals, counts, tags, blocks):
             for j in range(i):
                 _discard(keys, vals, counts, tags[j], -1)
             return False
-        h = _free_slot(keys, vals, t)
-        if vals[h] == EMPTY:
-            counts[1] += 1
-        counts[0] += 1
-        keys[h] = t
-        vals[h] = blocks[i]
+        insert_absent(keys, vals, counts, t, blocks[i])
     return True
 
 
@@ -149,7 +152,7 @@ class TagIndex:
         return _find(self.keys, self.vals, tag) >= 0
 
     def __setitem__(self, tag: int, block: int) -> None:
-        self._room(1)
+        self.room(1)
         _put(self.keys, self.vals, self.counts, tag, block)
 
     def discard(self, tag: int, block: int) -> None:
@@ -163,7 +166,7 @@ class TagIndex:
     def add_new(self, tags: np.ndarray, blocks: np.ndarray) -> bool:
         """Add ``tags[i] -> blocks[i]`` (int64 arrays) if no tag is present and none
         repeats; else False and nothing changed."""
-        self._room(tags.shape[0])
+        self.room(tags.shape[0])
         return _add_new(self.keys, self.vals, self.counts, tags, blocks)
 
     def items(self) -> list[tuple[int, int]]:
@@ -171,7 +174,7 @@ class TagIndex:
         live = self.vals >= 0
         return sorted(zip(self.keys[live].tolist(), self.vals[live].tolist(), strict=True))
 
-    def _room(self, n: int) -> None:
+    def room(self, n: int) -> None:
         """Rebuild unless ``n`` more entries keep three quarters of the table empty or
         live: every probe must meet an empty slot."""
         size = self.keys.shape[0]

@@ -401,3 +401,53 @@ def test_random_runs_evictions_and_lookups_match_a_plain_model(seed):
         assert full == {r[0] for r in model.regs.values()}
         assert cache.num_cached == len(full) + len(partial)
     assert cache._log_len > 0 and len(model.regs) > 5
+
+
+def _store_row(cache, table, prompt, linked, link_block):
+    """One request store row (slot 0) whose chain holds its first ``linked`` blocks,
+    the last in cache block ``link_block``: the arrays ``plan_store_runs`` and
+    ``commit_store_runs`` read."""
+    p = np.asarray(prompt, np.int64)
+    tags = tags_of(p)
+    chain = (
+        np.array([linked], np.int64),
+        np.array([cache.serial[link_block] if link_block >= 0 else ROOT], np.int64),
+        np.array([link_block], np.int64),
+    )
+    arenas = (np.array([table], np.int32), np.zeros(1, np.int64), tags)
+    return chain, arenas, p
+
+
+def test_a_run_from_the_store_that_may_equal_its_parents_next_is_refused():
+    """The head of a run read from the store has the tag of its parent block's ``next``
+    (a later block of a cached run, not in the key index): that block may hold the same
+    tokens, so the batch must be refused (``register`` dedupes)."""
+    from graphbatch.scheduler.cache_runs import GROWS, REFUSED
+
+    cache = PrefixCache(16, BS)
+    put_run(cache, [1, 2], PROMPT, 0)  # block 2 is block 1's next, not indexed
+    chain, arenas, _ = _store_row(cache, [1, 7, 8], PROMPT, 1, 1)  # hit block 1, own 7
+    slots, fulls = np.zeros(1, np.int64), np.array([2], np.int64)
+    assert cache.plan_store_runs(slots, fulls, chain + arenas)[0] == REFUSED
+    other = list(PROMPT)
+    other[3] += 1  # its second block differs: nothing cached may equal it
+    chain, arenas, _ = _store_row(cache, [1, 7, 8], other, 1, 1)
+    assert cache.plan_store_runs(slots, fulls, chain + arenas)[0] == GROWS
+
+
+def test_a_run_from_the_store_whose_parent_is_gone_is_refused():
+    """A run continues a registration no longer held -- its parent block was evicted,
+    or no block is named for it -- so the batch is refused (``register`` then cuts the
+    chain); the same run after a held parent goes in."""
+    from graphbatch.scheduler.cache_runs import GROWS, REFUSED
+
+    slots, fulls = np.zeros(1, np.int64), np.array([2], np.int64)
+    cache = PrefixCache(16, BS)
+    put_run(cache, [1], PROMPT, 0)
+    chain, arenas, _ = _store_row(cache, [1, 7, 8], PROMPT, 1, 1)
+    assert cache.plan_store_runs(slots, fulls, chain + arenas)[0] == GROWS
+    evict(cache, 1)  # the parent's block is gone: its serial is no longer held
+    assert cache.plan_store_runs(slots, fulls, chain + arenas)[0] == REFUSED
+    linked, serial, _ = chain
+    no_block = (linked, serial, np.array([-1], np.int64))  # a serial with no block
+    assert cache.plan_store_runs(slots, fulls, no_block + arenas)[0] == REFUSED

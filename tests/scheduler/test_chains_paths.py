@@ -267,3 +267,32 @@ def test_a_broken_chain_only_moves_past_its_blocks(few, monkeypatch):
         assert seq.link_serial == NOT_CACHED and seq.num_linked == seq.num_computed // 4
     assert steps >= 2 and seq.num_linked == 8
     assert s.stats().cached_blocks == cached  # nothing of b (nor c) was cached
+
+
+def test_a_run_equal_to_its_parents_next_child_links_to_it():
+    """Two steps in flight compute the same blocks for two requests (no waiting): the
+    second step's run is equal to what the first registered under the same parent
+    block. It must not be cached twice: the batch is refused and the run links to the
+    blocks already cached (``register`` dedupes), its own blocks stay private."""
+    cfg = SchedulerConfig(
+        max_num_seqs=4, max_num_batched_tokens=8, block_size=4, num_kv_blocks=64,
+        max_model_len=64, vocab_size=100, wait_for_prefix=False,
+    )  # fmt: skip
+    s = PrefillScheduler(cfg)
+    prompt = list(range(1, 17))  # four blocks
+    s.add_request(Request("a", prompt))
+    d1 = s.schedule()  # a's blocks 0, 1
+    d1.mark_executed()
+    s.update(d1, np.ones(d1.seq_capacity, np.int64))
+    s.add_request(Request("b", prompt))  # hits a's blocks 0, 1
+    d2 = s.schedule()  # a's blocks 2, 3
+    d3 = s.schedule()  # b's blocks 2, 3, computed again (no waiting)
+    assert d2.request_ids == ("a",) and d3.request_ids == ("b",)
+    for d in (d2, d3):
+        d.mark_executed()
+        s.update(d, np.ones(d.seq_capacity, np.int64))
+    a, b = s._seqs["a"], s._seqs["b"]
+    cache = s.blocks.cache
+    assert cache.num_cached == 4  # a's four blocks, once
+    assert b.num_linked == 4 and b.link_block == int(a.block_ids[3])
+    assert not any(int(x) in cache for x in b.block_ids[2:])

@@ -26,6 +26,7 @@ from graphbatch.scheduler import (
     plan_rows,
     prefill,
 )
+from graphbatch.scheduler.cache_runs import GROWS, REFUSED
 from graphbatch.scheduler.chains import Chains
 from graphbatch.scheduler.fields import FIELDS
 from graphbatch.scheduler.prefix_cache import PrefixCache
@@ -131,12 +132,19 @@ def test_whole_array_and_row_by_row_paths_agree(name, seed):
 @pytest.mark.parametrize("name", ["cache", "no-wait", "chunk-cap"])
 @pytest.mark.parametrize("seed", range(4))
 def test_runs_from_the_store_register_as_gathered_ones(name, seed, monkeypatch):
-    """A step's runs are registered straight from the store (``register_store_runs``)
-    unless the cache refuses them; the gathered way (``register_many``, then run by run
-    and block by block) must leave the same state after every operation."""
+    """A step's runs are registered straight from the store (``plan_store_runs`` /
+    ``commit_store_runs``) unless the cache refuses them; the gathered way
+    (``register_many``, then run by run and block by block) must leave the same state
+    after every operation."""
     cfg = CONFIGS[name]
     direct = _workload(cfg, seed, few=0)
-    monkeypatch.setattr(PrefixCache, "register_store_runs", lambda self, *args: False)
+    real = PrefixCache.plan_store_runs
+
+    def refused(self, *args):  # what the cache would take in one batch, it refuses
+        plan = real(self, *args)
+        return (REFUSED, 0, 0, False) if plan[0] == GROWS else plan
+
+    monkeypatch.setattr(PrefixCache, "plan_store_runs", refused)
     gathered = _workload(cfg, seed, few=0)
     for i, (a, b) in enumerate(zip(direct, gathered, strict=True)):
         assert a == b, f"operation {i}: from the store {a!r}\ngathered {b!r}"

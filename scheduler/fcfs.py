@@ -42,6 +42,9 @@ class Queue:
         return self._slots[: self.n]
 
     def _compact(self) -> None:
+        if self._stale == self.n:  # all gone (a drained queue): nothing to keep
+            self.n = self._stale = 0
+            return
         s = self._slots[: self.n]
         keep = s[self._listed[s]]
         self.n = keep.shape[0]

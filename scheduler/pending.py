@@ -112,7 +112,8 @@ class Pending:
             self._deferred = {}
         if self._few:
             self._few.clear()
-        self._scanned.clear()
+        if self._scanned:
+            self._scanned.clear()
         if self.n:
             self._mark[self._tags[: self.n] & _MARK_MASK] = False
             self.n = 0

@@ -193,8 +193,7 @@ class PrefillScheduler:
         wait = cache is not None and self.config.wait_for_prefix
         pending, outstanding = self._pending, self._outstanding
         if not outstanding:
-            if pending or pending.deferred:
-                pending.clear()  # every step that was computing them is retired
+            pending.clear()  # every step that was computing them is retired
         else:
             if pending.deferred:  # steps in flight: their blocks are listed now
                 pending.settle(outstanding)

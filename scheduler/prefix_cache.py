@@ -109,18 +109,26 @@ def chain_keys(prompt: np.ndarray, block_size: int) -> list[bytes]:
     return out
 
 
+def _written(shape, dtype) -> np.ndarray:
+    """Zeros, every page written (``np.zeros`` of a large array maps them lazily)."""
+    a = np.empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
 class PrefixCache:
     """Cache state of every KV block, in arrays indexed by block id."""
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.num_blocks, self.block_size = num_blocks, block_size
-        self.state = np.zeros(num_blocks, np.int8)  # NONE / FULL / PARTIAL
-        self.serial = np.zeros(num_blocks, np.int64)  # its registration
-        self.parent = np.zeros(num_blocks, np.int64)  # the registration it follows
-        self.filled = np.zeros(num_blocks, np.int32)  # tokens it holds (block_size: full)
-        self.tokens = np.zeros((num_blocks, block_size), np.int64)
+        # (written now: a lazily mapped zero page would fault inside a step instead)
+        self.state = _written(num_blocks, np.int8)  # NONE / FULL / PARTIAL
+        self.serial = _written(num_blocks, np.int64)  # its registration
+        self.parent = _written(num_blocks, np.int64)  # the registration it follows
+        self.filled = _written(num_blocks, np.int32)  # tokens it holds (block_size: full)
+        self.tokens = _written((num_blocks, block_size), np.int64)
         self.next = np.full(num_blocks, -1, np.int64)  # the child registered right after it
-        self.tag = np.zeros(num_blocks, np.int64)  # a full block's key tag
+        self.tag = _written(num_blocks, np.int64)  # a full block's key tag
         self._index = TagIndex(num_blocks)  # tag -> run head (a candidate, not a hit)
         self._children: dict[tuple[int, int], list[int]] = {}  # (parent, first token) ->
         self._indexed = 0  # entries added to _children since it was last pruned
@@ -131,7 +139,7 @@ class PrefixCache:
         # the log: full registrations in serial order, batch by batch (one batch per
         # registration call: consecutive serials); an entry is checked by the block's
         # serial on use, so a block since evicted or registered again is never taken
-        self._log = np.zeros(4 * num_blocks + 64, np.int64)
+        self._log = _written(4 * num_blocks + 64, np.int64)
         self._log_len = 0
         self._log_serial: list[int] = []  # each batch's first serial (increasing)
         self._log_at: list[int] = []  # its first entry

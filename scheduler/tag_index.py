@@ -134,7 +134,7 @@ class TagIndex:
         size = 16
         while size < 2 * capacity:
             size *= 2
-        self.keys = np.zeros(size, np.int64)
+        self.keys = np.full(size, 0, np.int64)  # (full: every page written now, not in a step)
         self.vals = np.full(size, EMPTY, np.int64)
         self.counts = np.zeros(2, np.int64)  # live entries, slots used (live + tombstones)
 

@@ -127,6 +127,15 @@ def _rehash(keys, vals, new_keys, new_vals):
     return n
 
 
+def _table(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and values side by side (a probe reads one cache line), every page written
+    now (not first in a step)."""
+    table = np.empty((size, 2), np.int64)
+    table[:, 0] = 0
+    table[:, 1] = EMPTY
+    return table[:, 0], table[:, 1]
+
+
 class TagIndex:
     """tag -> block; the dict operations the prefix cache uses, each a compiled call."""
 
@@ -134,8 +143,7 @@ class TagIndex:
         size = 16
         while size < 2 * capacity:
             size *= 2
-        self.keys = np.full(size, 0, np.int64)  # (full: every page written now, not in a step)
-        self.vals = np.full(size, EMPTY, np.int64)
+        self.keys, self.vals = _table(size)
         self.counts = np.zeros(2, np.int64)  # live entries, slots used (live + tombstones)
 
     def __len__(self) -> int:
@@ -183,7 +191,7 @@ class TagIndex:
             return
         while 2 * (live + n) > size:
             size *= 2
-        keys, vals = np.zeros(size, np.int64), np.full(size, EMPTY, np.int64)
+        keys, vals = _table(size)
         n_live = _rehash(self.keys, self.vals, keys, vals)
         self.keys, self.vals = keys, vals
         self.counts[0] = self.counts[1] = n_live

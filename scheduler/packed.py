@@ -132,8 +132,9 @@ def _clear(mv: memoryview, a: int, b: int) -> None:
 
 def _entry(raw: np.ndarray, views: tuple[np.ndarray, ...], names=ORDER) -> tuple:
     """A buffer as its layout keeps it: (raw, views, raw as a memoryview, views by name,
-    address)."""
-    return raw, views, memoryview(raw), dict(zip(names, views, strict=True)), _address(raw)
+    address, the bytearray its seals copy it into)."""
+    views_by_name = dict(zip(names, views, strict=True))
+    return raw, views, memoryview(raw), views_by_name, _address(raw), bytearray(raw.shape[0])
 
 
 def _counts(entry: tuple) -> tuple[int, int]:
@@ -341,7 +342,12 @@ class Seal:
         # the bytes as issued (private: only the seal refers to them) and the buffer's
         # same bytes, compared in place (``bytearray == memoryview``: one memcmp)
         self.written, self.row_bytes = mv[:head], mv[: lay.rows_end]
-        self.truth = truth = bytearray(self.written)
+        if h is not None:  # the buffer's own copy, reused with it (no fresh allocation)
+            truth = h[5]
+            truth[:] = self.written  # (resized in place within its allocation)
+        else:
+            truth = bytearray(self.written)
+        self.truth = truth
         self.rows = truth[: lay.rows_end]
         # all the executor's configuration check reads: the shapes (the layout's: the
         # proofs require every array's geometry to be the layout's) and these scalars

@@ -404,12 +404,7 @@ class PrefixCache:
         heads = [int(blocks[f]) for f in firsts]
         for t, h in zip(head_tags, heads, strict=True):
             index[t] = h
-        s0, at = self._reserve(blocks.shape[0])
-        write_runs(
-            blocks, tokens, tags, _NO_RUNS, _NO_RUNS, s0, self.block_size, self.state,
-            self.serial, self.parent, self.filled, self.tokens, self.tag, self.next,
-            self._log, at,
-        )  # fmt: skip
+        s0 = self._write(blocks, tokens, tags, _NO_RUNS, _NO_RUNS)
         parent = self.parent
         for b, p in zip(heads, parents, strict=True):  # a head's parent: its run's
             parent[b] = p
@@ -439,13 +434,26 @@ class PrefixCache:
         checked = self._check_heads(blocks[firsts], tags[firsts], parents, parent_blocks)
         if checked is None:
             return None
+        s0 = self._write(blocks, tokens, tags, firsts, parents)
+        self._index_new(checked, parents, parent_blocks)
+        return s0
+
+    def _write(
+        self,
+        blocks: np.ndarray,
+        tokens: np.ndarray,
+        tags: np.ndarray,
+        firsts: np.ndarray,
+        parents: np.ndarray,
+    ) -> int:
+        """A checked batch's writes (``cache_runs.write_runs``); returns its first
+        serial."""
         s0, at = self._reserve(blocks.shape[0])
         write_runs(
             blocks, tokens, tags, firsts, parents, s0, self.block_size, self.state,
             self.serial, self.parent, self.filled, self.tokens, self.tag, self.next,
             self._log, at,
         )  # fmt: skip
-        self._index_new(checked, parents, parent_blocks)
         return s0
 
     def plan_store_runs(

@@ -88,7 +88,7 @@ def plan_links(
     ``fulls[i]`` - 1, after registration ``serial[slot]`` held by ``link_block[slot]``
     -- and whether the cache takes them as one batch (``PrefixCache.register_many``'s
     checks, on the cache's arrays and its key index ``keys`` / ``vals``). Returns
-    (verdict, blocks, runs with a parent block, every such parent held): GROWS when
+    (verdict, blocks, runs with a parent block): GROWS when
     every row adds blocks to an unbroken chain (not NOT_CACHED), none of the blocks is
     cached, and the heads pass the checks; MIXED (a row adds nothing or is broken),
     CACHED, or REFUSED (a parent is gone, a head may equal its parent block's ``next``,
@@ -98,13 +98,12 @@ def plan_links(
     for i in range(n):
         s = slots[i]
         if fulls[i] <= linked[s] or serial[s] == NOT_CACHED:
-            return MIXED, 0, 0, False
+            return MIXED, 0, 0
         for j in range(linked[s], fulls[i]):
             if state[table[s, j]] != 0:
-                return CACHED, 0, 0, False
+                return CACHED, 0, 0
         total += fulls[i] - linked[s]
     inner = 0
-    held = True
     head_tags = np.empty(n, np.int64)
     for i in range(n):
         s = slots[i]
@@ -113,41 +112,51 @@ def plan_links(
         head_tags[i] = t
         if pb >= 0:
             inner += 1
-            if not (c_serial[pb] == p and state[pb] == FULL):
-                held = False
-                if p != ROOT:
-                    return REFUSED, 0, 0, False  # its parent is gone
+            if p != ROOT and not (c_serial[pb] == p and state[pb] == FULL):
+                return REFUSED, 0, 0  # its parent is gone
             nb = c_next[pb]  # that child may hold the same tokens: ``register`` dedupes
             if nb >= 0 and c_tag[nb] == t and state[nb] == FULL and c_parent[nb] == p:
-                return REFUSED, 0, 0, False
-        else:
-            held = False
-            if p != ROOT:
-                return REFUSED, 0, 0, False  # a parent without a block holding it is gone
+                return REFUSED, 0, 0
+        elif p != ROOT:
+            return REFUSED, 0, 0  # a parent without a block holding it is gone
         if _find(keys, vals, t) >= 0:
-            return REFUSED, 0, 0, False  # its key is taken
+            return REFUSED, 0, 0  # its key is taken
     if n > 1:
         head_tags.sort()
         for i in range(1, n):
             if head_tags[i] == head_tags[i - 1]:
-                return REFUSED, 0, 0, False  # a key repeated
-    return GROWS, total, inner, held
+                return REFUSED, 0, 0  # a key repeated
+    return GROWS, total, inner
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)
 def commit_runs(
     slots, upto, table, tag_off, tag_arena, tok_off, tok_arena, linked, link_serial,
     link_block, bs, s0, state, serial, parent, filled, cache_tokens, tag, nxt, log, at,
-    keys, vals, counts,
+    keys, vals, counts, few,
 ):  # fmt: skip
     """``write_runs`` for the runs ``plan_links`` accepted, read straight from the
     request store: row i's blocks ``linked[slot]`` .. ``upto[i]`` - 1 of the request at
     store slot ``slots[i]`` (its block table row, key tags and prompt tokens in the
     arenas), continuing registration ``link_serial[slot]``; each run's first block goes
-    into the key index, and the row's chain reaches its run's last block."""
+    into the key index, and the row's chain reaches its run's last block.
+
+    A run continuing a cached block is then indexed under it (``PrefixCache._add_child``
+    one run after another for up to ``few`` runs, else ``_index_heads``' whole-array
+    rule): as that block's ``next`` where it has no live child there; the rest are
+    returned, (parent serial, first block) in row order, for the (parent, first token)
+    index. (The writes above change no cached block's ``next``: a parent block read
+    after them is as it was, where ``register_many`` reads it before.)"""
+    n = slots.shape[0]
+    pbs = np.empty(n, np.int64)
+    pars = np.empty(n, np.int64)
+    heads = np.empty(n, np.int64)
+    for i in range(n):
+        s = slots[i]
+        pbs[i], pars[i], heads[i] = link_block[s], link_serial[s], table[s, linked[s]]
     k = 0
     prev = -1
-    for i in range(slots.shape[0]):
+    for i in range(n):
         s = slots[i]
         a = linked[s]
         for j in range(a, upto[i]):
@@ -171,3 +180,35 @@ def commit_runs(
         link_block[s] = prev
     if prev >= 0:
         nxt[prev] = -1
+    child = np.zeros(n, np.bool_)  # indexed under (parent, first token)
+    m = 0
+    if n <= few:  # one after another: runs sharing a parent block all kept
+        for i in range(n):
+            pb, b = pbs[i], heads[i]
+            if pb < 0:
+                continue
+            nb = nxt[pb]
+            if nb < 0 or nb == b or state[nb] == 0 or parent[nb] != pars[i]:
+                nxt[pb] = b
+            else:
+                child[i] = True
+                m += 1
+    else:  # all at once: a live child keeps its place
+        for i in range(n):
+            pb = pbs[i]
+            if pb < 0:
+                continue
+            nb = nxt[pb]
+            if nb >= 0 and state[nb] != 0 and parent[nb] == pars[i]:
+                child[i] = True
+                m += 1
+        for i in range(n):
+            if pbs[i] >= 0 and not child[i]:
+                nxt[pbs[i]] = heads[i]
+    out = np.empty((m, 2), np.int64)
+    m = 0
+    for i in range(n):
+        if child[i]:
+            out[m, 0], out[m, 1] = pars[i], heads[i]
+            m += 1
+    return out

@@ -458,13 +458,13 @@ class PrefixCache:
 
     def plan_store_runs(
         self, slots: np.ndarray, fulls: np.ndarray, store_arrays: tuple[np.ndarray, ...]
-    ) -> tuple[int, int, int, bool]:
+    ) -> tuple[int, int, int]:
         """Whether the runs rows ``slots`` of a request store add to their chains (up to
         their ``fulls`` blocks) go in as one batch: ``cache_runs.plan_links`` with this
         cache's arrays (``store_arrays``: the store's chain state, block tables and tag
-        arena, as it takes them). Returns (verdict, blocks, runs with a parent block,
-        every such parent held), for ``commit_store_runs``. Changes nothing (but may
-        rebuild the key index's table: its entries stay)."""
+        arena, as it takes them). Returns (verdict, blocks, runs with a parent block),
+        for ``commit_store_runs``. Changes nothing (but may rebuild the key index's
+        table: its entries stay)."""
         index = self._index
         index.room(slots.shape[0])  # (before: the plan reads the arrays the commit writes)
         return plan_links(
@@ -477,26 +477,21 @@ class PrefixCache:
         slots: np.ndarray,
         fulls: np.ndarray,
         src: tuple[np.ndarray, ...],
-        plan: tuple[int, int, int, bool],
+        plan: tuple[int, int, int],
     ) -> None:
         """Register the runs ``plan_store_runs`` accepted (``plan``), read straight from
         the store (``src``: ``commit_runs``' arguments from the block tables to the
         chain state), and advance each row's chain past its run."""
-        _, total, n_inner, held = plan
-        table, tag_off, tags, _, _, linked, link_serial, link_block = src
-        if n_inner:  # runs continuing a cached chain: indexed under their parent blocks
-            heads = table[slots, linked[slots]].astype(np.int64)
-            parents, pblocks = link_serial[slots], link_block[slots]
-            nb = self.next[pblocks] if held else None  # (as of before the writes)
+        _, total, n_inner = plan
         s0, at = self._reserve(total)
         index = self._index
-        commit_runs(
+        children = commit_runs(
             slots, fulls, *src, self.block_size, s0, self.state, self.serial, self.parent,
             self.filled, self.tokens, self.tag, self.next, self._log, at, index.keys,
-            index.vals, index.counts,
+            index.vals, index.counts, FEW_RUNS if n_inner else -1,
         )  # fmt: skip
-        if n_inner:
-            self._index_heads(parents, pblocks, heads, pblocks >= 0, n_inner, nb)
+        if children.shape[0]:
+            self._add_children(children[:, 0], children[:, 1])
 
     def _check_heads(
         self,

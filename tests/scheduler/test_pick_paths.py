@@ -142,7 +142,7 @@ def test_runs_from_the_store_register_as_gathered_ones(name, seed, monkeypatch):
 
     def refused(self, *args):  # what the cache would take in one batch, it refuses
         plan = real(self, *args)
-        return (REFUSED, 0, 0, False) if plan[0] == GROWS else plan
+        return (REFUSED, 0, 0) if plan[0] == GROWS else plan
 
     monkeypatch.setattr(PrefixCache, "plan_store_runs", refused)
     gathered = _workload(cfg, seed, few=0)

@@ -7,6 +7,7 @@ from .errors import DescriptorError, StaleDescriptor
 from .prefill import PrefillScheduler, SchedulerFull, SchedulerStats, UnknownRequest
 from .request import Request, SamplingParams
 from .sequence import SeqState
+from .warmup import warm_up
 
 __all__ = [
     "DUMMY_BLOCK",
@@ -24,4 +25,5 @@ __all__ = [
     "StaleDescriptor",
     "UnknownRequest",
     "default_token_buckets",
+    "warm_up",
 ]

@@ -28,7 +28,7 @@ import numpy as np
 from graphbatch.executor import BoundsError, GraphExecutor
 from graphbatch.profiling import nvtx_range
 from graphbatch.sampling import MAX_SEED
-from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerFull
+from graphbatch.scheduler import PrefillScheduler, Request, SamplingParams, SchedulerFull, warm_up
 from graphbatch.transfer.decoding import DecodeInfo
 
 from .config import EngineConfig
@@ -127,6 +127,7 @@ class PrefillEngine:
         self.tokenizer = getattr(model, "tokenizer", None)
         sched_cfg = cfg.scheduler_config(model.config.vocab_size)
         self.scheduler = PrefillScheduler(sched_cfg)
+        warm_up()  # the scheduler's compiled loops: loaded now, not in the first step
         self.executor = GraphExecutor(
             model,
             sched_cfg,

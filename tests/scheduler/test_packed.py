@@ -16,6 +16,7 @@ from graphbatch.scheduler import (
     PrefillScheduler,
     Request,
     SchedulerConfig,
+    packed,
 )
 from graphbatch.scheduler.free_list import FreeList
 
@@ -182,6 +183,36 @@ def test_a_reused_buffer_holds_clean_padding_whatever_its_last_holder_wrote(conf
             getattr(d, name)[...] = 10**6  # garbage everywhere, after retiring it
         del d
     assert len(seen) < 6
+
+
+def test_a_large_block_table_is_clean_on_reuse_whatever_was_written():
+    """Block tables over ``ZERO_WHOLE`` bytes are not rewritten whole on reuse: the rows
+    the last step used are zeroed and the rest proven zero (else zeroed). A reused
+    buffer's table is all padding after garbage everywhere in it."""
+    cfg = SchedulerConfig(
+        max_num_seqs=80, max_num_batched_tokens=64, block_size=16, num_kv_blocks=400,
+        max_model_len=16384, vocab_size=100,
+    )  # fmt: skip
+    assert cfg.max_num_seqs * cfg.max_blocks_per_seq * 4 > packed.ZERO_WHOLE
+    s = PrefillScheduler(cfg)
+    for i in range(12):
+        s.add_request(Request(f"r{i}", prompt(20 + i, start=i)))
+    seen = set()
+    for step in range(12):
+        d = s.schedule()
+        if d is None:
+            break
+        n = d.num_seqs
+        assert not np.count_nonzero(d.block_tables[n:])  # every padding row is DUMMY_BLOCK
+        for i, rid in enumerate(d.request_ids):  # and the real rows are the requests'
+            blocks = s.block_ids(rid)
+            assert d.block_tables[i, : len(blocks)].tolist() == blocks
+            assert not np.count_nonzero(d.block_tables[i, len(blocks) :])
+        seen.add(id(d.input_ids.base))
+        retire(s, d)
+        d.block_tables[...] = 10**6 + step  # garbage in every row, after retiring it
+        del d
+    assert len(seen) < step  # buffers were reused
 
 
 # ---- the free list ---------------------------------------------------------------------

@@ -20,10 +20,10 @@ FULL = 1  # PrefixCache's state of a full block (prefix_cache.FULL)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)
-def gather_runs(slots, first, upto, table, tag_off, tag_arena, tok_off, tok_arena, bs, state):
+def gather_runs(slots, first, upto, table, tag_off, tag_arena, tok_off, tok_arena, bs):
     """The blocks ``first[i]`` .. ``upto[i]`` - 1 of the request at store slot
-    ``slots[i]``, in order: (block ids, key tags, tokens [n, bs], each run's end
-    in them, how many of the blocks are cached already)."""
+    ``slots[i]``, in order: (block ids, key tags, tokens [n, bs], each run's end in
+    them)."""
     total = 0
     for i in range(slots.shape[0]):
         total += upto[i] - first[i]
@@ -32,21 +32,17 @@ def gather_runs(slots, first, upto, table, tag_off, tag_arena, tok_off, tok_aren
     tokens = np.empty((total, bs), np.int64)
     ends = np.empty(slots.shape[0], np.int64)
     k = 0
-    cached = 0
     for i in range(slots.shape[0]):
         s = slots[i]
         for j in range(first[i], upto[i]):
-            b = table[s, j]
-            blocks[k] = b
+            blocks[k] = table[s, j]
             tags[k] = tag_arena[tag_off[s] + j]
             at = tok_off[s] + j * bs
             for t in range(bs):
                 tokens[k, t] = tok_arena[at + t]
-            if state[b] != 0:
-                cached += 1
             k += 1
         ends[i] = k
-    return blocks, tags, tokens, ends, cached
+    return blocks, tags, tokens, ends
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=True)

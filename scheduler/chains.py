@@ -89,9 +89,9 @@ class Chains:
         ids, tags and tokens gathered in one compiled loop (``cache_runs.gather_runs``)."""
         store, cache = self.store, self.cache
         links = store.links
-        blocks, tags, tokens, ends, _ = gather_runs(
+        blocks, tags, tokens, ends = gather_runs(
             slots, first, upto, store.table, store.tag_off, store.tags, store.tok_off,
-            store.tokens, self.block_size, cache.state,
+            store.tokens, self.block_size,
         )  # fmt: skip
         firsts = np.subtract(ends, upto - first)
         s0 = cache.register_many(blocks, tokens, tags, firsts, parents, links.block[slots])
